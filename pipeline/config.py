@@ -1,0 +1,381 @@
+"""Pipeline configuration: one pydantic settings model per stage, composed into PipelineConfig.
+
+Precedence, lowest to highest: built-in defaults < config file (YAML or TOML) < environment
+(``GLIAFLOW_<STAGE>__<FIELD>``, e.g. ``GLIAFLOW_KINETICS__TSTAR_MIN=25``) < explicit overrides
+(CLI flags, passed as a nested dict or as dotted keys).
+
+Unknown keys and bad values are rejected with every offending field named, as a
+:class:`~gliaflow.pipeline.errors.ConfigError`.
+"""
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from .errors import ConfigError
+
+__all__ = [
+    "MotionSettings",
+    "RegistrationSettings",
+    "SegmentationSettings",
+    "AtlasSettings",
+    "TACSettings",
+    "BloodSettings",
+    "KineticsSettings",
+    "StatsSettings",
+    "ReportSettings",
+    "ExecutionSettings",
+    "PipelineConfig",
+    "STAGE_SETTINGS",
+    "load_config",
+    "config_hash",
+    "stage_hash",
+    "write_effective_config",
+]
+
+
+class _Settings(BaseModel):
+    """Base for stage settings: unknown keys are errors, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+class MotionSettings(_Settings):
+    """Frame realignment (head-motion correction) of the dynamic PET."""
+
+    enabled: bool = True
+    start_time_s: float = Field(
+        120.0, ge=0, description="Frames starting before this time (s from injection) are not "
+        "registered; they take the transform of the first registrable frame (PETPrep's rule).")
+    min_frame_duration_s: float = Field(
+        30.0, ge=0, description="Frames shorter than this are too noisy to register; they take the "
+        "transform of the nearest registrable frame.")
+    reference_start_s: float = Field(
+        600.0, ge=0, description="The realignment reference is the duration-weighted mean of frames "
+        "starting at or after this time (s).")
+    smoothing_fwhm_mm: float = Field(4.0, ge=0, description="Gaussian smoothing before registration.")
+    fd_radius_mm: float = Field(50.0, gt=0, description="Sphere radius for framewise displacement.")
+    iterations: list[int] = Field(default_factory=lambda: [60, 30], min_length=1)
+    shrink_factors: list[int] = Field(default_factory=lambda: [2, 1], min_length=1)
+
+    @model_validator(mode="after")
+    def _levels_match(self) -> "MotionSettings":
+        if len(self.iterations) != len(self.shrink_factors):
+            raise ValueError("iterations and shrink_factors must have one entry per resolution level")
+        return self
+
+
+class RegistrationSettings(_Settings):
+    """Rigid PET-to-T1 registration (mutual information)."""
+
+    dof: Literal[6] = 6
+    metric: Literal["mattes"] = "mattes"
+    n_starts: int = Field(4, ge=1, le=32, description="Initialisations tried (rotations about the "
+                          "centre of mass); the best mutual information wins.")
+    flag_similarity_below: float = Field(
+        0.15, description="Flag the registration when the normalised mutual information of the "
+        "result is below this value.")
+    max_expected_offset_mm: float = Field(
+        50.0, gt=0, description="PET and T1 centres further apart than this are reported as a QC flag.")
+
+
+class SegmentationSettings(_Settings):
+    """T1 bias correction, brain extraction, tissue segmentation and normalisation."""
+
+    n4: bool = True
+    template_resolution_mm: float = Field(2.0, gt=0, le=4, description="Resolution at which the "
+                                          "nonlinear T1-to-template registration runs.")
+    transform: Literal["SyN", "SyNOnly", "Affine", "ElasticSyN"] = "SyN"
+    syn_iterations: list[int] = Field(default_factory=lambda: [40, 20, 0], min_length=1)
+    n_tissue_classes: Literal[3] = 3
+    prior_weight: float = Field(0.25, ge=0, le=1, description="Weight of template priors in Atropos.")
+
+
+class AtlasSettings(_Settings):
+    """Which atlas defines the regions, and the reference regions."""
+
+    name: str = Field("harvard-oxford", description="Embedded atlas name (harvard-oxford, aal, "
+                      "desikan-killiany) or 'custom' with image+labels.")
+    image: Path | None = Field(None, description="User atlas image in template (MNI152) space.")
+    labels: Path | None = Field(None, description="TSV with columns index, name for `image`.")
+    regions: list[str] | None = Field(None, description="Keep only these regions (names or indices); "
+                                      "None keeps all.")
+    reference_regions: list[str] = Field(
+        default_factory=lambda: ["whole_brain", "cerebellum_gm", "occipital_cortex"])
+    min_region_volume_mm3: float = Field(100.0, ge=0)
+
+    @model_validator(mode="after")
+    def _custom_needs_files(self) -> "AtlasSettings":
+        if (self.image is None) != (self.labels is None):
+            raise ValueError("a custom atlas needs both 'image' and 'labels'")
+        if self.image is not None and self.name not in ("custom",):
+            self.__dict__["name"] = "custom"
+        return self
+
+
+class TACSettings(_Settings):
+    """Regional time-activity curves and partial-volume correction."""
+
+    pvc: Literal["none", "gtm", "rbv"] = "gtm"
+    psf_fwhm_mm: float | None = Field(
+        None, gt=0, le=20, description="Scanner resolution (FWHM, mm); None reads it from the PET "
+        "sidecar or falls back to `default_psf_fwhm_mm`.")
+    default_psf_fwhm_mm: float = Field(5.0, gt=0, le=20)
+
+
+class BloodSettings(_Settings):
+    """Arterial input function from BIDS blood recordings."""
+
+    parent_fraction_model: Literal["hill", "exponential", "power", "raw", "none"] = "hill"
+    plasma_to_blood: Literal["interpolate", "constant", "linear"] = "interpolate"
+    dispersion_tau_s: float | None = Field(None, ge=0, description="Dispersion time constant of the "
+                                           "autosampler line (s); None: no correction.")
+    delay: Literal["fit", "fixed"] = "fit"
+    delay_s: float = Field(0.0, ge=-60, le=60, description="Blood delay when `delay` is fixed (s).")
+    grid_step_s: float = Field(1.0, gt=0, le=10, description="Fine interpolation grid step (s).")
+
+
+class KineticsSettings(_Settings):
+    """Kinetic models applied to regional TACs and voxelwise."""
+
+    models: list[Literal["suv", "suvr", "1tcm", "2tcm", "logan", "ma1", "srtm", "mrtm2"]] = Field(
+        default_factory=lambda: ["suv", "suvr", "1tcm", "2tcm", "logan", "ma1"], min_length=1)
+    maps: list[Literal["suv", "suvr", "logan", "ma1", "basis1tcm"]] = Field(
+        default_factory=lambda: ["suv", "suvr", "logan", "ma1"])
+    suvr_window_min: tuple[float, float] = (60.0, 90.0)
+    reference_region: str = "whole_brain"
+    tstar_min: float = Field(30.0, ge=0, description="Start of the linear phase for Logan and MA1 (min).")
+    weights: Literal["uniform", "duration", "counts"] = "duration"
+    vb: float | None = Field(0.05, ge=0, le=0.2, description="Blood volume fraction; None fits it.")
+    fit_delay: bool = False
+    n_starts: int = Field(4, ge=1, le=50)
+    chunk_voxels: int = Field(200_000, ge=1000, description="Voxels per chunk for parametric maps.")
+
+    @field_validator("suvr_window_min")
+    @classmethod
+    def _window_ordered(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not (0 <= v[0] < v[1]):
+            raise ValueError("suvr_window_min must be (start, end) with 0 <= start < end, minutes")
+        return v
+
+
+class StatsSettings(_Settings):
+    """Group statistics."""
+
+    group_column: str = "group"
+    patient_label: str = "patient"
+    control_label: str = "control"
+    covariates: list[str] = Field(default_factory=lambda: ["tspo_genotype"])
+    clinical_scores: list[str] = Field(default_factory=lambda: ["fatigue"])
+    lab_handling: Literal["exclude", "include"] = "exclude"
+    metrics: list[str] | None = Field(None, description="Metrics to test; None tests every metric column.")
+    fdr_alpha: float = Field(0.05, gt=0, lt=1)
+    voxelwise: bool = True
+    voxelwise_metrics: list[str] = Field(default_factory=lambda: ["suvr"])
+    smoothing_fwhm_mm: float = Field(6.0, ge=0)
+    n_permutations: int = Field(1000, ge=0, le=100_000)
+    tfce: bool = True
+    cluster_forming_z: float = Field(3.1, gt=0)
+    seed: int = 0
+
+
+class ReportSettings(_Settings):
+    """Per-session and cohort HTML reports."""
+
+    enabled: bool = True
+    dpi: int = Field(80, ge=30, le=300)
+
+
+class ExecutionSettings(_Settings):
+    """Where and how the work runs. Does not change results, so it is not part of the config hash."""
+
+    cluster: str = Field("local", description="Cluster profile: a name in infrastructure/clusters "
+                         "(local, address, slurm, pbs, sge, lsf) or a path to a profile YAML.")
+    nprocs: int | None = Field(None, ge=1, description="Dask workers; None: one per 2 cores.")
+    mem_gb: float | None = Field(None, gt=0, description="Memory per worker (GiB).")
+    threads_per_task: int = Field(1, ge=1)
+    work_dir: Path | None = None
+    max_memory_retries: int = Field(2, ge=0, le=5)
+    memory_escalation: float = Field(1.5, gt=1, le=4)
+
+
+class PipelineConfig(BaseSettings):
+    """The whole configuration of a gliaflow run."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="GLIAFLOW_", env_nested_delimiter="__", extra="forbid", validate_assignment=True,
+        nested_model_default_partial_update=True)
+
+    motion: MotionSettings = Field(default_factory=MotionSettings)
+    registration: RegistrationSettings = Field(default_factory=RegistrationSettings)
+    segmentation: SegmentationSettings = Field(default_factory=SegmentationSettings)
+    atlas: AtlasSettings = Field(default_factory=AtlasSettings)
+    tacs: TACSettings = Field(default_factory=TACSettings)
+    blood: BloodSettings = Field(default_factory=BloodSettings)
+    kinetics: KineticsSettings = Field(default_factory=KineticsSettings)
+    stats: StatsSettings = Field(default_factory=StatsSettings)
+    report: ReportSettings = Field(default_factory=ReportSettings)
+    execution: ExecutionSettings = Field(default_factory=ExecutionSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _FileSource(settings_cls))
+
+
+STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
+    # which config sections each processing stage depends on (for cache keys)
+    "anat": ("segmentation", "atlas"),
+    "pet_motion": ("motion",),
+    "coreg": ("registration",),
+    "labels_tacs": ("atlas", "tacs"),
+    "kinetics": ("blood", "kinetics"),
+    "report": ("report",),
+    "group": ("stats",),
+}
+
+_file_data: contextvars.ContextVar[dict] = contextvars.ContextVar("gliaflow_config_file", default={})
+
+
+class _FileSource(PydanticBaseSettingsSource):
+    """Settings source holding the parsed config file (lowest precedence after defaults)."""
+
+    def get_field_value(self, field, field_name):  # pragma: no cover - not used by __call__
+        return _file_data.get().get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(_file_data.get())
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Parse a YAML (.yml/.yaml) or TOML (.toml) config file into a dict.
+
+    Raises
+    ------
+    ConfigError
+        If the file is missing, unparsable, or not a mapping at the top level.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("config file not found", file=path)
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix.lower() == ".toml":
+            data = tomllib.loads(text)
+        elif path.suffix.lower() in (".yml", ".yaml", ".json"):
+            data = yaml.safe_load(text) or {}
+        else:
+            raise ConfigError("unknown config format (use .yaml, .yml or .toml)", file=path)
+    except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot parse: {exc}", file=path) from exc
+    if not isinstance(data, dict):
+        raise ConfigError("top level must be a mapping of sections", file=path)
+    return data
+
+
+def _nest(dotted: dict[str, Any]) -> dict[str, Any]:
+    """Turn {'kinetics.tstar_min': 25} into {'kinetics': {'tstar_min': 25}}; nested dicts pass."""
+    out: dict[str, Any] = {}
+    for key, value in dotted.items():
+        parts = key.split(".")
+        node = out
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        if isinstance(value, dict) and isinstance(node.get(parts[-1]), dict):
+            node[parts[-1]] = _deep_merge(node[parts[-1]], value)
+        else:
+            node[parts[-1]] = value
+    return out
+
+
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in top.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _format_validation_error(exc: ValidationError, source: str | None) -> ConfigError:
+    lines = []
+    fields = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "<root>"
+        fields.append(loc)
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        lines.append(f"  {loc}: {msg} (got {err.get('input')!r})")
+    message = f"{len(lines)} invalid setting(s):\n" + "\n".join(lines)
+    return ConfigError(message, file=source, field=", ".join(fields))
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> PipelineConfig:
+    """Build the effective configuration.
+
+    Parameters
+    ----------
+    path : path, optional
+        YAML or TOML file with one section per stage.
+    overrides : dict, optional
+        Highest-precedence values (CLI flags), nested (``{"kinetics": {"tstar_min": 25}}``) or
+        dotted (``{"kinetics.tstar_min": 25}``). ``None`` values are ignored.
+
+    Raises
+    ------
+    ConfigError
+        Naming every unknown key and bad value (and the file, when one was given).
+    """
+    file_data = read_config_file(path) if path is not None else {}
+    over = _nest({k: v for k, v in (overrides or {}).items() if v is not None})
+    token = _file_data.set(file_data)
+    try:
+        return PipelineConfig(**over)
+    except ValidationError as exc:
+        raise _format_validation_error(exc, str(path) if path else None) from None
+    finally:
+        _file_data.reset(token)
+
+
+def _canonical(data: Any) -> str:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def config_hash(cfg: PipelineConfig) -> str:
+    """SHA-256 (hex, 16 chars) of every setting that can change results (execution excluded)."""
+    data = cfg.model_dump(mode="json", exclude={"execution"})
+    return hashlib.sha256(_canonical(data).encode()).hexdigest()[:16]
+
+
+def stage_hash(cfg: PipelineConfig, stage: str) -> str:
+    """SHA-256 (hex, 16 chars) of the config sections a processing stage depends on."""
+    if stage not in STAGE_SETTINGS:
+        raise KeyError(f"unknown stage {stage!r}; known: {sorted(STAGE_SETTINGS)}")
+    data = {s: getattr(cfg, s).model_dump(mode="json") for s in STAGE_SETTINGS[stage]}
+    return hashlib.sha256(_canonical(data).encode()).hexdigest()[:16]
+
+
+def write_effective_config(cfg: PipelineConfig, path: str | Path) -> Path:
+    """Write the effective configuration as YAML (atomically), with its hash in a comment."""
+    from .derivatives import atomic_write_text  # local import: derivatives imports config
+
+    text = f"# gliaflow effective configuration; config hash {config_hash(cfg)}\n" + yaml.safe_dump(
+        cfg.model_dump(mode="json"), sort_keys=False)
+    return atomic_write_text(Path(path), text)

@@ -1,0 +1,5 @@
+import sys
+
+from gliaflow.workflows.cli import main
+
+sys.exit(main())
