@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextvars
 import hashlib
 import json
+import os
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -64,7 +65,11 @@ class MotionSettings(_Settings):
     smoothing_fwhm_mm: float = Field(4.0, ge=0, description="Gaussian smoothing before registration.")
     fd_radius_mm: float = Field(50.0, gt=0, description="Sphere radius for framewise displacement.")
     iterations: list[int] = Field(default_factory=lambda: [60, 30], min_length=1)
-    shrink_factors: list[int] = Field(default_factory=lambda: [2, 1], min_length=1)
+    shrink_factors: list[int] = Field(
+        default_factory=lambda: [4, 2], min_length=1, description="Per-level shrink factors of the "
+        "rigid registration (4, 2 on 2 mm PET: ~0.5 s per frame, sub-0.1 mm error on the phantom).")
+    sampling_rate: float = Field(0.25, gt=0, le=1, description="Fraction of voxels sampled by the "
+                                 "Mattes mutual-information metric.")
 
     @model_validator(mode="after")
     def _levels_match(self) -> "MotionSettings":
@@ -85,6 +90,30 @@ class RegistrationSettings(_Settings):
         "result is below this value.")
     max_expected_offset_mm: float = Field(
         50.0, gt=0, description="PET and T1 centres further apart than this are reported as a QC flag.")
+    start_angle_deg: float = Field(20.0, ge=0, le=90, description="Rotation of the extra starts "
+                                   "(multiples of it about x, z, then y).")
+    sampling_rate: float = Field(0.25, gt=0, le=1, description="Fraction of voxels sampled by the "
+                                 "Mattes metric.")
+    coarse_resolution_mm: list[float] = Field(
+        default_factory=lambda: [8.0, 4.0], min_length=1,
+        description="Resolution levels (mm; shrink factor = value / T1 voxel size) for each start.")
+    coarse_iterations: list[int] = Field(default_factory=lambda: [100, 50], min_length=1)
+    fine_resolution_mm: list[float] = Field(default_factory=lambda: [2.0], min_length=1,
+                                            description="Levels refining the best start (mm).")
+    fine_iterations: list[int] = Field(default_factory=lambda: [40], min_length=1)
+    check_step_mm: float = Field(3.0, gt=0, description="Step of the local-optimality check (mm).")
+    optimum_tolerance: float = Field(
+        0.01, ge=0, description="Relative NMI gain above which a result is not at the optimum.")
+    min_brain_coverage: float = Field(
+        0.9, ge=0, le=1, description="Flag when less than this fraction of the T1 brain gets PET signal.")
+
+    @model_validator(mode="after")
+    def _levels_match(self) -> "RegistrationSettings":
+        if len(self.coarse_resolution_mm) != len(self.coarse_iterations):
+            raise ValueError("coarse_resolution_mm and coarse_iterations need one entry per level")
+        if len(self.fine_resolution_mm) != len(self.fine_iterations):
+            raise ValueError("fine_resolution_mm and fine_iterations need one entry per level")
+        return self
 
 
 class SegmentationSettings(_Settings):
@@ -97,6 +126,15 @@ class SegmentationSettings(_Settings):
     syn_iterations: list[int] = Field(default_factory=lambda: [40, 20, 0], min_length=1)
     n_tissue_classes: Literal[3] = 3
     prior_weight: float = Field(0.25, ge=0, le=1, description="Weight of template priors in Atropos.")
+    n4_shrink_factor: int = Field(4, ge=1, le=8, description="N4 runs on the T1 shrunk by this.")
+    n4_iterations: list[int] = Field(default_factory=lambda: [50, 50, 30], min_length=1,
+                                     description="N4 iterations per B-spline fitting level.")
+    affine_resolution_mm: float = Field(4.0, gt=0, le=8, description="Template resolution (mm) "
+                                        "of the initial affine T1-to-template registration.")
+    affine_iterations: list[int] = Field(default_factory=lambda: [200, 100], min_length=1,
+                                         description="Affine iterations per level (shrink 2^k..1).")
+    atropos_iterations: int = Field(3, ge=1, le=50, description="Atropos EM iterations.")
+    atropos_mrf: str = Field("[0.1,1x1x1]", description="Atropos MRF term [smoothing,radius].")
 
 
 class AtlasSettings(_Settings):
@@ -141,6 +179,18 @@ class BloodSettings(_Settings):
     delay: Literal["fit", "fixed"] = "fit"
     delay_s: float = Field(0.0, ge=-60, le=60, description="Blood delay when `delay` is fixed (s).")
     grid_step_s: float = Field(1.0, gt=0, le=10, description="Fine interpolation grid step (s).")
+    delay_range_s: tuple[float, float] = Field(
+        (-30.0, 30.0), description="Delays searched when `delay` is fit (s; positive: the measured "
+        "blood curve is moved later).")
+    delay_fit_end_min: float = Field(10.0, gt=0, description="Whole-brain TAC frames ending before "
+                                     "this time (min) are used to estimate the delay (1TCM + vB).")
+    negative_tolerance: float = Field(
+        0.05, ge=0, le=1, description="Negative concentrations down to this fraction of the "
+        "recording's peak are noise and set to 0; larger negatives are an error.")
+    max_extrapolation_fraction: float = Field(
+        0.5, ge=0, le=1, description="A blood curve ending before the scan end is extrapolated "
+        "(mono-exponential tail) when the missing part is at most this fraction of the scan; "
+        "otherwise it is an error.")
 
 
 class KineticsSettings(_Settings):
@@ -158,6 +208,19 @@ class KineticsSettings(_Settings):
     fit_delay: bool = False
     n_starts: int = Field(4, ge=1, le=50)
     chunk_voxels: int = Field(200_000, ge=1000, description="Voxels per chunk for parametric maps.")
+    tstar_frames: int | None = Field(None, ge=3, description="Logan/MA1: use the last N frames "
+                                     "(overrides tstar_min when set).")
+    fit_end_min: float | None = Field(None, gt=0, description="1TCM/2TCM: use only frames ending "
+                                      "by this time (min); None uses all frames.")
+    half_life_s: float = Field(1221.84, gt=0, description="Radionuclide half-life for counts-based "
+                               "weights (s); default carbon-11.")
+    graphical_blood_correction: bool = Field(
+        True, description="Logan/MA1: remove the fixed blood volume `vb` from the TACs first.")
+    k2prime_per_min: float | None = Field(None, gt=0, description="MRTM2 reference efflux k2' "
+                                          "(1/min); None estimates it with MRTM.")
+    k2prime_region: str | None = Field(None, description="Region whose MRTM k2' feeds MRTM2; None "
+                                       "uses the median over all target regions.")
+    basis_n: int = Field(64, ge=8, le=1000, description="Basis functions for voxelwise 1TCM VT.")
 
     @field_validator("suvr_window_min")
     @classmethod
@@ -185,6 +248,16 @@ class StatsSettings(_Settings):
     tfce: bool = True
     cluster_forming_z: float = Field(3.1, gt=0)
     seed: int = 0
+    genotype_column: str = Field("tspo_genotype", description="rs6971 genotype column (HAB/MAB/LAB).")
+    session: str | None = Field(None, description="Session label to analyse when participants have "
+                                "several sessions (e.g. 'baseline'); None: one session each required.")
+    correlation_groups: list[str] | None = Field(
+        None, description="Groups in which clinical correlations are computed; None: the patient group.")
+    tail: Literal["two-sided", "greater", "less"] = Field(
+        "two-sided", description="Alternative for the patient-minus-control effect.")
+    connectivity: Literal[6, 18, 26] = Field(26, description="Voxel neighbourhood for TFCE and clusters.")
+    tfce_steps: int = Field(50, ge=5, le=1000, description="Thresholds per map in the TFCE integral.")
+    cluster_mass: bool = Field(False, description="Also compute cluster-mass FWER p (voxelwise).")
 
 
 class ReportSettings(_Settings):
@@ -276,10 +349,10 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     try:
         if path.suffix.lower() == ".toml":
             data = tomllib.loads(text)
-        elif path.suffix.lower() in (".yml", ".yaml", ".json"):
+        elif path.suffix.lower() in (".yml", ".yaml", ".json"):  # JSON is a subset of YAML
             data = yaml.safe_load(text) or {}
         else:
-            raise ConfigError("unknown config format (use .yaml, .yml or .toml)", file=path)
+            raise ConfigError("unknown config format (use .yaml, .yml, .json or .toml)", file=path)
     except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"cannot parse: {exc}", file=path) from exc
     if not isinstance(data, dict):
@@ -312,14 +385,31 @@ def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _format_validation_error(exc: ValidationError, source: str | None) -> ConfigError:
+def _env_keys(env: dict[str, str]) -> set[str]:
+    """Dotted setting names set through GLIAFLOW_<SECTION>__<FIELD> environment variables."""
+    return {k[len("GLIAFLOW_"):].lower().replace("__", ".") for k in env if k.upper().startswith("GLIAFLOW_")}
+
+
+def _format_validation_error(exc: ValidationError, source: str | None,
+                             over: dict[str, Any], env: dict[str, str]) -> ConfigError:
+    """One ConfigError listing every bad setting, each with where its value came from."""
+    env_keys = _env_keys(env)
     lines = []
     fields = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"]) or "<root>"
         fields.append(loc)
         msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-        lines.append(f"  {loc}: {msg} (got {err.get('input')!r})")
+        node: Any = over
+        for part in err["loc"]:
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is not None:
+            origin = "command line"
+        elif loc in env_keys:
+            origin = "environment GLIAFLOW_" + loc.upper().replace(".", "__")
+        else:
+            origin = source or "defaults"
+        lines.append(f"  {loc}: {msg} (got {err.get('input')!r}, from {origin})")
     message = f"{len(lines)} invalid setting(s):\n" + "\n".join(lines)
     return ConfigError(message, file=source, field=", ".join(fields))
 
@@ -349,7 +439,7 @@ def load_config(
     try:
         return PipelineConfig(**over)
     except ValidationError as exc:
-        raise _format_validation_error(exc, str(path) if path else None) from None
+        raise _format_validation_error(exc, str(path) if path else None, over, dict(os.environ)) from None
     finally:
         _file_data.reset(token)
 

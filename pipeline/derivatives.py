@@ -93,9 +93,26 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj)}")
 
 
+def _finite_or_none(obj: Any) -> Any:
+    """Replace non-finite floats (NaN, inf), which JSON cannot hold, by None, recursively."""
+    if isinstance(obj, float):
+        return obj if np.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_none(v) for v in obj]
+    return obj
+
+
 def atomic_write_json(path: str | Path, data: Any) -> Path:
-    """Write ``data`` as indented JSON atomically (numpy and pydantic values converted)."""
-    return atomic_write_text(path, json.dumps(data, indent=2, default=_json_default) + "\n")
+    """Write ``data`` as indented JSON atomically.
+
+    numpy, Path and pydantic values are converted; NaN and infinities become ``null`` (strict
+    JSON has no token for them).
+    """
+    plain = json.loads(json.dumps(data, default=_json_default))  # numpy/pydantic -> python
+    text = json.dumps(_finite_or_none(plain), indent=2, allow_nan=False)
+    return atomic_write_text(path, text + "\n")
 
 
 def save_nifti(img, path: str | Path) -> Path:
