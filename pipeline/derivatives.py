@@ -30,6 +30,11 @@ __all__ = [
     "code_revision",
 ]
 
+# mkstemp creates files readable by their owner only; outputs get the usual mode (0666 & ~umask)
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+_FILE_MODE = 0o666 & ~_UMASK
+
 # BIDS entity order (subset used by PET derivatives), as in the BIDS specification appendix.
 ENTITY_ORDER = (
     "sub", "ses", "task", "trc", "rec", "run", "space", "cohort", "res", "seg", "label",
@@ -58,6 +63,7 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
         raise OutputError(f"cannot write: {exc.strerror}", file=final) from exc
     os.close(fd)
     tmp_path = Path(tmp)
+    os.chmod(tmp_path, _FILE_MODE)
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as fh:

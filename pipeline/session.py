@@ -13,13 +13,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from .bids import SessionSpec
-from .config import PipelineConfig
+from .config import STAGE_SETTINGS, PipelineConfig
 from .derivatives import Derivatives
+from .errors import ModelError
 
-__all__ = ["StageContext", "StageResult", "Stage", "SESSION_STAGES", "stage_by_name", "run_session"]
+__all__ = ["StageContext", "StageResult", "Stage", "SESSION_STAGES", "stage_by_name", "run_session",
+           "tidy_metrics", "METRIC_COLUMNS"]
 
 
 class StageContext(BaseModel):
@@ -40,6 +44,8 @@ class StageContext(BaseModel):
     def path(self, suffix: str, extension: str, datatype: str = "pet", **entities: str | None) -> Path:
         """Derivative path for this session with extra entities (e.g. desc='preproc')."""
         ents = dict(self.spec.entities)
+        if datatype == "anat":  # anatomical derivatives are shared by the PET runs of a session
+            ents = {k: v for k, v in ents.items() if k in ("sub", "ses")}
         ents.update({k.replace("from_", "from"): v for k, v in entities.items()})
         return self.derivatives.path(ents, suffix, extension, datatype=datatype)
 
@@ -75,8 +81,362 @@ def _set_threads(n: int) -> None:
         os.environ[var] = str(n)
 
 
-# The registry is filled in below as the stage functions are defined.
-SESSION_STAGES: list[Stage] = []
+
+# --------------------------------------------------------------------------- helpers
+
+def _header_bytes(path: Path) -> int:
+    """Size in bytes of an image as float32, from its header (no voxel data read)."""
+    import nibabel as nib
+
+    try:
+        shape = nib.load(str(path)).shape
+    except Exception:  # noqa: BLE001 - unreadable inputs are reported by the stage itself
+        return 0
+    return int(np.prod(shape)) * 4
+
+
+def _pet_bytes(spec: SessionSpec) -> int:
+    return int(np.prod(spec.pet_shape)) * 4
+
+
+def _body_weight_kg(spec: SessionSpec) -> float | None:
+    """Body weight (kg) from the PET sidecar (BodyWeight) or participants.tsv (weight)."""
+    extra = spec.sidecar.model_dump()
+    for value in (extra.get("BodyWeight"), spec.covariates.get("weight"),
+                  spec.covariates.get("body_weight")):
+        try:
+            w = float(value)
+        except (TypeError, ValueError):
+            continue
+        if np.isfinite(w) and w > 0:
+            return w
+    return None
+
+
+def _ants_threads(ctx: StageContext) -> None:
+    _set_threads(ctx.n_threads)
+
+
+def _work(ctx: StageContext, stage: str) -> Path:
+    """The stage's scratch folder (created)."""
+    d = ctx.work_dir / stage
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+# --------------------------------------------------------------------------- stages
+
+def stage_anat(ctx: StageContext, upstream: dict[str, StageResult]) -> StageResult:
+    """T1w: N4, brain mask, GM/WM/CSF segmentation, nonlinear registration to the template."""
+    from .anat import AnatOutputs, process_anat
+
+    _ants_threads(ctx)
+    spec = ctx.spec
+    anat_dir = ctx.path("T1w", ".nii.gz", datatype="anat").parent
+    outs = AnatOutputs.bids(anat_dir, spec.entities)
+    res = process_anat(spec.t1w, ctx.config.segmentation, outs, n_threads=ctx.n_threads,
+                       work_dir=_work(ctx, "anat"))
+    o = res.outputs
+    return StageResult(
+        stage="anat",
+        outputs={"t1w_preproc": o.t1_preproc, "brain_mask": o.brain_mask, "dseg": o.dseg,
+                 "probseg_gm": o.probseg_gm, "probseg_wm": o.probseg_wm, "probseg_csf": o.probseg_csf,
+                 "xfm_affine": o.xfm_affine, "xfm_warp": o.xfm_warp,
+                 "xfm_inverse_warp": o.xfm_inverse_warp},
+        values={"to_template": [str(p) for p in res.to_template],
+                "to_t1": [str(p) for p in res.to_t1], "to_t1_invert": list(res.to_t1_invert),
+                "template": res.template, "template_resolution_mm": res.template_resolution_mm,
+                "timings_s": res.timings_s},
+        qc=res.qc, flags=list(res.qc.get("flags", [])))
+
+
+def stage_pet_motion(ctx: StageContext, upstream: dict[str, StageResult]) -> StageResult:
+    """Frame realignment to a late-frame reference; motion table and per-frame transforms."""
+    from .motion import realign_frames
+
+    _ants_threads(ctx)
+    spec = ctx.spec
+    res = realign_frames(
+        spec.pet, spec.frame_start_s, spec.frame_end_s, ctx.config.motion,
+        out_pet=ctx.path("pet", ".nii.gz", desc="preproc"),
+        out_motion_tsv=ctx.path("timeseries", ".tsv", desc="hmc"),
+        out_xfm_file=ctx.path("xfm", ".txt", from_="orig", to="petref", mode="image", desc="hmc"),
+        out_ref=ctx.path("petref", ".nii.gz"),
+        n_threads=ctx.n_threads, work_dir=_work(ctx, "motion"))
+    return StageResult(
+        stage="pet_motion",
+        outputs={"pet_hmc": res.pet, "petref": res.reference, "motion_tsv": res.motion_tsv,
+                 "xfm_hmc": res.xfm},
+        values={"registered": res.registered, "reference_frames": res.reference_frames},
+        qc={"mean_fd_mm": res.mean_fd_mm, "max_fd_mm": res.max_fd_mm,
+            "max_displacement_mm": res.max_displacement_mm,
+            "n_frames_registered": int(sum(res.registered)), "n_frames": res.n_frames,
+            "nonfinite_frames": res.nonfinite_frames, "empty_frames": res.empty_frames},
+        flags=list(res.flags))
+
+
+def stage_coreg(ctx: StageContext, upstream: dict[str, StageResult]) -> StageResult:
+    """Rigid PET-reference to T1w registration (mutual information), with a QC score and flag."""
+    from .registration import register_pet_to_t1
+
+    _ants_threads(ctx)
+    anat, motion = upstream["anat"], upstream["pet_motion"]
+    res = register_pet_to_t1(
+        motion.outputs["petref"], anat.outputs["t1w_preproc"], ctx.config.registration,
+        t1_mask=anat.outputs["brain_mask"],
+        out_xfm=ctx.path("xfm", ".txt", from_="petref", to="T1w", mode="image"),
+        n_threads=ctx.n_threads, work_dir=_work(ctx, "coreg"))
+    flags = list(res.flags) + (["coreg_suspect"] if res.likely_wrong else [])
+    return StageResult(
+        stage="coreg", outputs={"xfm_petref_to_t1w": res.xfm},
+        values={"similarity": res.similarity, "matrix": res.matrix},
+        qc={"similarity": res.similarity, "brain_coverage": res.brain_coverage,
+            "initial_offset_mm": res.initial_offset_mm, "likely_wrong": res.likely_wrong,
+            "seconds": res.seconds},
+        flags=flags)
+
+
+def stage_labels_tacs(ctx: StageContext, upstream: dict[str, StageResult]) -> StageResult:
+    """Atlas, tissue and reference regions in T1w and PET space; regional TACs without/with PVC."""
+    import nibabel as nib
+
+    from . import atlas as atl
+    from . import resources
+    from .derivatives import save_nifti, write_tsv
+    from .pvc import gtm_pvc, resolve_psf_fwhm
+    from .tacs import regional_tacs, tac_sanity, write_tacs
+
+    spec, cfg = ctx.spec, ctx.config
+    anat, motion, coreg = upstream["anat"], upstream["pet_motion"], upstream["coreg"]
+    to_t1 = anat.values["to_t1"]
+    inv = anat.values["to_t1_invert"]
+    t1 = anat.outputs["t1w_preproc"]
+    atlas = atl.load_atlas(cfg.atlas)
+    seg = atl.atlas_entity(atlas.name)
+    table = atl.select_regions(atlas.labels, cfg.atlas.regions)
+
+    labels_t1 = atl.labels_to_t1(atlas.image, t1, to_t1, inv, table)
+    labels_t1 = atl.gm_mask_labels(labels_t1, anat.outputs["probseg_gm"], table,
+                                   brain_mask=anat.outputs["brain_mask"])
+    full_t1, full_table = atl.add_tissue_labels(labels_t1, table, anat.outputs["dseg"])
+    ref_template = resources.reference_regions(atlas, anat.values["template_resolution_mm"])
+    ref_template = {k: v for k, v in ref_template.items() if k in cfg.atlas.reference_regions}
+    refs_t1 = atl.reference_masks_t1(ref_template, t1, to_t1, inv, anat.outputs["probseg_gm"],
+                                     anat.outputs["brain_mask"])
+
+    xfm = coreg.outputs["xfm_petref_to_t1w"]
+    petref = motion.outputs["petref"]
+    labels_pet = atl.labels_to_pet(full_t1, petref, xfm)
+    refs_pet = atl.masks_to_pet(refs_t1, petref, xfm)
+
+    outputs: dict[str, Path] = {}
+    outputs["dseg_t1w"] = save_nifti(full_t1, ctx.path("dseg", ".nii.gz", datatype="anat", seg=seg))
+    outputs["dseg_pet"] = save_nifti(labels_pet, ctx.path("dseg", ".nii.gz", space="petref", seg=seg))
+    outputs["labels_tsv"] = write_tsv(full_table, ctx.path("dseg", ".tsv", seg=seg))
+    for name, m in refs_pet.items():
+        label = name.replace("_", "")
+        outputs[f"ref_{name}"] = save_nifti(m, ctx.path("mask", ".nii.gz", space="petref", label=label))
+
+    pet = nib.load(str(motion.outputs["pet_hmc"]))
+    fs, fe = spec.frame_start_s, spec.frame_end_s
+    # the realigned series keeps the units of the input PET: convert to Bq/mL while reading
+    tacs = regional_tacs(pet, labels_pet, full_table, fs, fe, masks=refs_pet,
+                         units_to_bqml=spec.pet_units_to_bqml)
+    sources = [motion.outputs["pet_hmc"], outputs["dseg_pet"]]
+    outputs["tacs"], _ = write_tacs(tacs, ctx.path("tacs", ".tsv", seg=seg), sources=sources,
+                                    description="Regional mean TACs, no partial-volume correction")
+    qc: dict[str, Any] = {"tacs": tac_sanity(tacs)}
+    if cfg.tacs.pvc != "none":
+        fwhm, fwhm_source = resolve_psf_fwhm(cfg.tacs, spec.sidecar.model_dump())
+        tacs_pvc, info = gtm_pvc(pet, labels_pet, full_table, fwhm, fs, fe, masks=refs_pet,
+                                 units_to_bqml=spec.pet_units_to_bqml)
+        outputs["tacs_pvc"], _ = write_tacs(
+            tacs_pvc, ctx.path("tacs", ".tsv", seg=seg, desc="gtm"), sources=sources,
+            description=f"Regional TACs with GTM partial-volume correction (PSF FWHM {fwhm:g} mm, "
+                        f"from {fwhm_source})", extra={"PSFFWHM_mm": fwhm, "PVCMethod": "GTM"})
+        qc["pvc"] = {"method": "gtm", "psf_fwhm_mm": fwhm, "psf_source": fwhm_source,
+                     **{k: v for k, v in info.items() if isinstance(v, (int, float, str))}}
+    vols = atl.region_volumes(labels_pet, full_table, masks=refs_pet)
+    vol_t1 = atl.region_volumes(full_t1, full_table, masks=refs_t1)
+    outputs["volumes_tsv"] = write_tsv(vol_t1, ctx.path("volumes", ".tsv", datatype="anat", seg=seg))
+    qc["labels"] = atl.labels_qc(vol_t1, cfg.atlas.min_region_volume_mm3)
+    qc["volumes_pet_mm3"] = dict(zip(vols["name"], vols["volume_mm3"].round(1)))
+    flags = list(qc["labels"].get("flags", [])) + list(qc["tacs"].get("flags", []))
+    return StageResult(stage="labels_tacs", outputs=outputs, values={"atlas": atlas.name, "seg": seg},
+                       qc=qc, flags=flags)
+
+
+REFERENCE_COLUMNS = {"whole_brain", "cerebellum_gm", "occipital_cortex"}
+
+# (model, parameter) -> tidy metric column of the cohort table
+METRIC_COLUMNS = {
+    ("suv", "SUV"): "suv", ("suvr", "SUVR"): "suvr", ("1tcm", "VT"): "vt_1tcm",
+    ("2tcm", "VT"): "vt_2tcm", ("2tcm", "K1"): "k1_2tcm", ("2tcm", "BPND"): "bpnd_2tcm",
+    ("logan", "VT"): "vt_logan", ("ma1", "VT"): "vt_ma1", ("srtm", "BPND"): "bpnd_srtm",
+    ("mrtm2", "BPND"): "bpnd_mrtm2", ("1tcm", "K1"): "k1_1tcm",
+}
+
+
+def tidy_metrics(fits: pd.DataFrame, suffix: str = "") -> pd.DataFrame:
+    """Regional fit table (``<model>_<param>`` columns) -> tidy metrics (``suvr``, ``vt_2tcm`` ...).
+
+    A metric is NaN where its fit did not converge (the reason stays in the full fit table).
+    """
+    out = pd.DataFrame({"region": fits["region"]})
+    for (model, param), name in METRIC_COLUMNS.items():
+        col = f"{model}_{param}"
+        if col in fits.columns:
+            vals = pd.to_numeric(fits[col], errors="coerce")
+            conv = fits.get(f"{model}_converged")
+            if conv is not None:
+                vals = vals.where(conv.astype(bool))
+            out[name + suffix] = vals
+    return out
+
+
+def stage_kinetics(ctx: StageContext, upstream: dict[str, StageResult]) -> StageResult:
+    """Plasma input, regional models (without and with PVC) and voxelwise parametric maps."""
+    import nibabel as nib
+
+    from .blood import estimate_delay, plasma_input_from_tables
+    from .derivatives import save_nifti, write_tsv
+    from .kinetics.base import Frames
+    from .kinetics.parametric import parametric_maps
+    from .kinetics.regional import PLASMA_MODELS, fit_regional
+    from .spaces import pet_to_template
+
+    spec, cfg = ctx.spec, ctx.config
+    ks = cfg.kinetics
+    labels, motion, anat, coreg = (upstream["labels_tacs"], upstream["pet_motion"], upstream["anat"],
+                                   upstream["coreg"])
+    tacs = pd.read_csv(labels.outputs["tacs"], sep="\t", na_values="n/a")
+    weight = _body_weight_kg(spec)
+    models = list(ks.models)
+    if weight is None or spec.injected_bq is None:
+        models = [m for m in models if m != "suv"]
+    outputs: dict[str, Path] = {}
+    flags: list[str] = []
+    plasma = None
+    qc: dict[str, Any] = {}
+    if spec.blood:
+        recs = spec.blood
+        plasma = plasma_input_from_tables(
+            [r.table() for r in recs], cfg.blood, scan_end_s=spec.frame_end_s[-1],
+            labels=[r.label for r in recs], sources=[str(r.tsv) for r in recs])
+        if cfg.blood.delay == "fit" and "whole_brain" in tacs.columns:
+            delay, info = estimate_delay(plasma, spec.frame_start_s, spec.frame_end_s,
+                                         tacs["whole_brain"].to_numpy())
+            plasma = plasma.shifted(delay)
+            qc["blood_delay_s"] = delay
+        elif cfg.blood.delay == "fixed" and cfg.blood.delay_s:
+            plasma = plasma.shifted(cfg.blood.delay_s)
+        outputs["plasma_tsv"] = write_tsv(plasma.to_frame(), ctx.path("blood", ".tsv", desc="plasmainput"))
+        qc["blood_notes"] = plasma.notes
+    else:
+        dropped = [m for m in models if m in PLASMA_MODELS]
+        models = [m for m in models if m not in PLASMA_MODELS]
+        if dropped:
+            flags.append("no_blood_data")
+            qc["models_skipped"] = {m: "no arterial blood recording" for m in dropped}
+    if not models:
+        raise ModelError("no kinetic model can run for this session (no blood data, no weight)",
+                         file=spec.pet, field="kinetics.models")
+
+    fits = fit_regional(tacs, plasma, ks, models=models, injected_bq=spec.injected_bq,
+                        body_weight_kg=weight, source=str(labels.outputs["tacs"]))
+    outputs["fits_tsv"] = write_tsv(fits, ctx.path("kinetics", ".tsv", desc="fits"))
+    metrics = tidy_metrics(fits)
+    if "tacs_pvc" in labels.outputs:
+        tacs_pvc = pd.read_csv(labels.outputs["tacs_pvc"], sep="\t", na_values="n/a")
+        fits_pvc = fit_regional(tacs_pvc, plasma, ks, models=models, injected_bq=spec.injected_bq,
+                                body_weight_kg=weight, source=str(labels.outputs["tacs_pvc"]))
+        outputs["fits_pvc_tsv"] = write_tsv(fits_pvc, ctx.path("kinetics", ".tsv", desc="fitsgtm"))
+        metrics = metrics.merge(tidy_metrics(fits_pvc, "_pvc"), on="region", how="outer")
+    outputs["regional_metrics"] = write_tsv(metrics, ctx.path("metrics", ".tsv", desc="regional"))
+    n_failed = {m: int((~fits[f"{m}_converged"].astype(bool)).sum()) for m in models
+                if f"{m}_converged" in fits}
+    qc["fits_not_converged"] = n_failed
+
+    # voxelwise maps in PET space, then template space for group statistics
+    maps = [m for m in ks.maps if (m != "suv" or "suv" in models)
+            and (m not in ("logan", "ma1", "basis1tcm") or plasma is not None)]
+    if maps:
+        img = nib.load(str(motion.outputs["pet_hmc"]))
+        data = np.asarray(img.dataobj, dtype=np.float32) * np.float32(spec.pet_units_to_bqml)
+        brain = nib.load(str(labels.outputs["ref_whole_brain"])) if "ref_whole_brain" in labels.outputs \
+            else None
+        mask = np.asarray(brain.dataobj) > 0 if brain is not None else None
+        ref_tac = tacs[ks.reference_region].to_numpy() if ks.reference_region in tacs else None
+        frames = Frames.from_arrays(spec.frame_start_s, spec.frame_end_s, source=str(spec.pet))
+        arrays = parametric_maps(data, frames, ks, maps=maps, plasma=plasma, ref_tac=ref_tac,
+                                 injected_bq=spec.injected_bq, body_weight_kg=weight, mask=mask)
+        del data
+        for name, arr in arrays.items():
+            pimg = nib.Nifti1Image(np.asarray(arr, dtype=np.float32), img.affine)
+            meas = name.replace("_", "")
+            outputs[f"map_{name}"] = save_nifti(pimg, ctx.path("pet", ".nii.gz", space="petref",
+                                                                meas=meas))
+            timg = pet_to_template(pimg, coreg.outputs["xfm_petref_to_t1w"],
+                                   anat.values["to_template"], resolution_mm=2.0)
+            outputs[f"map_{name}_mni"] = save_nifti(
+                timg, ctx.path("pet", ".nii.gz", space=anat.values["template"], res="2", meas=meas))
+    return StageResult(stage="kinetics", outputs=outputs,
+                       values={"models": models, "maps": maps,
+                               "delay_s": float(plasma.delay_s) if plasma is not None else None},
+                       qc=qc, flags=flags)
+
+
+def stage_report(ctx: StageContext, upstream: dict[str, StageResult]) -> StageResult:
+    """Self-contained HTML QC report for the session."""
+    from .report.session_report import write_session_report
+
+    outputs: dict[str, Path] = {}
+    qc: dict[str, Any] = {}
+    flags: list[str] = []
+    for name, res in upstream.items():
+        outputs.update(res.outputs)
+        qc[name] = res.qc
+        flags += res.flags
+    html = ctx.out_dir / f"{ctx.spec.session_id}.html"
+    if ctx.config.report.enabled:
+        write_session_report(html, session_id=ctx.spec.session_id,
+                             sidecar=ctx.spec.sidecar.model_dump(), outputs=outputs, qc=qc,
+                             flags=flags, config=ctx.config.model_dump(mode="json"), errors=[])
+    return StageResult(stage="report", outputs={"report_html": html} if ctx.config.report.enabled else {},
+                       qc={}, flags=[])
+
+
+def _pet_input(spec: SessionSpec) -> list[Path]:
+    return [spec.pet, spec.pet_json]
+
+
+def _blood_inputs(spec: SessionSpec) -> list[Path]:
+    files = []
+    for r in spec.blood:
+        files += [r.tsv, r.json_path]
+    return files
+
+
+SESSION_STAGES: list[Stage] = [
+    Stage("anat", stage_anat, (), STAGE_SETTINGS["anat"], lambda s: [s.t1w],
+          lambda s: 6 * _header_bytes(s.t1w) + (700 << 20)),
+    Stage("pet_motion", stage_pet_motion, (), STAGE_SETTINGS["pet_motion"], _pet_input,
+          lambda s: 2 * _pet_bytes(s) + (500 << 20)),
+    Stage("coreg", stage_coreg, ("anat", "pet_motion"), STAGE_SETTINGS["coreg"], lambda s: [],
+          lambda s: 4 * _header_bytes(s.t1w) + (400 << 20)),
+    Stage("labels_tacs", stage_labels_tacs, ("anat", "pet_motion", "coreg"),
+          STAGE_SETTINGS["labels_tacs"], lambda s: [s.pet_json],
+          lambda s: 2 * _pet_bytes(s) + 4 * _header_bytes(s.t1w) + (600 << 20)),
+    Stage("kinetics", stage_kinetics, ("labels_tacs", "pet_motion", "anat", "coreg"),
+          STAGE_SETTINGS["kinetics"], lambda s: _blood_inputs(s) + [s.pet_json],
+          lambda s: 3 * _pet_bytes(s) + (500 << 20)),
+    Stage("report", stage_report, ("anat", "pet_motion", "coreg", "labels_tacs", "kinetics"),
+          STAGE_SETTINGS["report"], lambda s: [], lambda s: 600 << 20),
+]
+
+
+# the cohort flow's group step (statistics on OUT_DIR/group/regional.tsv and template-space maps)
+from .group import group_step as GROUP_STEP  # noqa: E402
 
 
 def stage_by_name(name: str) -> Stage:

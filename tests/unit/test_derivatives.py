@@ -1,6 +1,7 @@
 """BIDS derivatives writer: names, refusal to write into the input, atomic writes."""
 from __future__ import annotations
 
+import os
 import json
 import subprocess
 from pathlib import Path
@@ -193,3 +194,14 @@ def test_read_only_folder(tiny_tmpfs):
     assert "a.txt" in str(exc.value)
     with pytest.raises(OutputError):
         atomic_write_text(tiny_tmpfs / "new" / "a.txt", "x")  # folder cannot be created
+
+
+def test_atomic_files_get_the_usual_mode_not_owner_only(tmp_path):
+    old = os.umask(0o022)
+    try:
+        p = atomic_write_text(tmp_path / "shared.txt", "x")
+    finally:
+        os.umask(old)
+    from gliaflow.pipeline import derivatives
+    assert (p.stat().st_mode & 0o777) == derivatives._FILE_MODE
+    assert p.stat().st_mode & 0o044  # group/other can read under the usual umask
