@@ -294,11 +294,25 @@ def tidy_metrics(fits: pd.DataFrame, suffix: str = "") -> pd.DataFrame:
     return out
 
 
+def _blood_settings(settings, recordings) -> Any:
+    """Blood settings for a session: when the config leaves the dispersion constant unset, take
+    it from a recording's sidecar that says its curve is not dispersion corrected
+    (BIDS ``DispersionCorrected: false`` + ``DispersionConstant`` in s)."""
+    if settings.dispersion_tau_s is not None:
+        return settings
+    for r in recordings:
+        meta = r.meta or {}
+        tau = meta.get("DispersionConstant")
+        if meta.get("DispersionCorrected") is False and isinstance(tau, (int, float)) and tau > 0:
+            return settings.model_copy(update={"dispersion_tau_s": float(tau)})
+    return settings
+
+
 def stage_kinetics(ctx: StageContext, upstream: dict[str, StageResult]) -> StageResult:
     """Plasma input, regional models (without and with PVC) and voxelwise parametric maps."""
     import nibabel as nib
 
-    from .blood import estimate_delay, plasma_input_from_tables
+    from .blood import apply_delay, plasma_input_from_tables
     from .derivatives import save_nifti, write_tsv
     from .kinetics.base import Frames
     from .kinetics.parametric import parametric_maps
@@ -320,16 +334,19 @@ def stage_kinetics(ctx: StageContext, upstream: dict[str, StageResult]) -> Stage
     qc: dict[str, Any] = {}
     if spec.blood:
         recs = spec.blood
+        blood_settings = _blood_settings(cfg.blood, recs)
         plasma = plasma_input_from_tables(
-            [r.table() for r in recs], cfg.blood, scan_end_s=spec.frame_end_s[-1],
+            [r.table() for r in recs], blood_settings, scan_end_s=spec.frame_end_s[-1],
             labels=[r.label for r in recs], sources=[str(r.tsv) for r in recs])
-        if cfg.blood.delay == "fit" and "whole_brain" in tacs.columns:
-            delay, info = estimate_delay(plasma, spec.frame_start_s, spec.frame_end_s,
-                                         tacs["whole_brain"].to_numpy())
-            plasma = plasma.shifted(delay)
-            qc["blood_delay_s"] = delay
-        elif cfg.blood.delay == "fixed" and cfg.blood.delay_s:
-            plasma = plasma.shifted(cfg.blood.delay_s)
+        if blood_settings.dispersion_tau_s != cfg.blood.dispersion_tau_s:
+            qc["blood_dispersion_tau_s"] = blood_settings.dispersion_tau_s
+        if cfg.blood.delay == "fit" and "whole_brain" not in tacs.columns:
+            raise ModelError("blood delay 'fit' needs the whole_brain reference region TAC; add "
+                             "'whole_brain' to atlas.reference_regions or set blood.delay: fixed",
+                             file=labels.outputs["tacs"], field="whole_brain")
+        wb = tacs["whole_brain"].to_numpy() if "whole_brain" in tacs.columns else None
+        plasma, _ = apply_delay(plasma, cfg.blood, spec.frame_start_s, spec.frame_end_s, wb)
+        qc["blood_delay_s"] = float(plasma.delay_s)
         outputs["plasma_tsv"] = write_tsv(plasma.to_frame(), ctx.path("blood", ".tsv", desc="plasmainput"))
         qc["blood_notes"] = plasma.notes
     else:
@@ -358,15 +375,19 @@ def stage_kinetics(ctx: StageContext, upstream: dict[str, StageResult]) -> Stage
     qc["fits_not_converged"] = n_failed
 
     # voxelwise maps in PET space, then template space for group statistics
+    ref_tac = tacs[ks.reference_region].to_numpy() if ks.reference_region in tacs else None
     maps = [m for m in ks.maps if (m != "suv" or "suv" in models)
-            and (m not in ("logan", "ma1", "basis1tcm") or plasma is not None)]
+            and (m not in ("logan", "ma1", "basis1tcm") or plasma is not None)
+            and (m != "suvr" or ref_tac is not None)]
+    if "suvr" in ks.maps and ref_tac is None:
+        flags.append("no_reference_region")
+        qc["maps_skipped"] = {"suvr": f"reference region {ks.reference_region!r} has no TAC"}
     if maps:
         img = nib.load(str(motion.outputs["pet_hmc"]))
         data = np.asarray(img.dataobj, dtype=np.float32) * np.float32(spec.pet_units_to_bqml)
         brain = nib.load(str(labels.outputs["ref_whole_brain"])) if "ref_whole_brain" in labels.outputs \
             else None
         mask = np.asarray(brain.dataobj) > 0 if brain is not None else None
-        ref_tac = tacs[ks.reference_region].to_numpy() if ks.reference_region in tacs else None
         frames = Frames.from_arrays(spec.frame_start_s, spec.frame_end_s, source=str(spec.pet))
         arrays = parametric_maps(data, frames, ks, maps=maps, plasma=plasma, ref_tac=ref_tac,
                                  injected_bq=spec.injected_bq, body_weight_kg=weight, mask=mask)
