@@ -58,7 +58,7 @@ class MotionSettings(_Settings):
         "registered; they take the transform of the first registrable frame (PETPrep's rule).")
     min_frame_duration_s: float = Field(
         30.0, ge=0, description="Frames shorter than this are too noisy to register; they take the "
-        "transform of the nearest registrable frame.")
+        "transform of the first registrable frame, like frames starting before start_time_s.")
     reference_start_s: float = Field(
         600.0, ge=0, description="The realignment reference is the duration-weighted mean of frames "
         "starting at or after this time (s).")
@@ -128,13 +128,16 @@ class SegmentationSettings(_Settings):
     n_tissue_classes: Literal[3] = 3
     prior_weight: float = Field(0.25, ge=0, le=1, description="Weight of template priors in Atropos.")
     n4_shrink_factor: int = Field(4, ge=1, le=8, description="N4 runs on the T1 shrunk by this.")
-    n4_iterations: list[int] = Field(default_factory=lambda: [50, 50, 30], min_length=1,
+    n4_iterations: list[int] = Field(default_factory=lambda: [50, 40], min_length=1,
                                      description="N4 iterations per B-spline fitting level.")
     affine_resolution_mm: float = Field(4.0, gt=0, le=8, description="Template resolution (mm) "
                                         "of the initial affine T1-to-template registration.")
     affine_iterations: list[int] = Field(default_factory=lambda: [200, 100], min_length=1,
                                          description="Affine iterations per level (shrink 2^k..1).")
     atropos_iterations: int = Field(3, ge=1, le=50, description="Atropos EM iterations.")
+    segmentation_resolution_mm: float | None = Field(
+        2.0, gt=0, le=4, description="Atropos runs on the T1w resampled to this (mm) and the "
+        "probabilities are brought back linearly; None segments at the native resolution.")
     atropos_mrf: str = Field("[0.1,1x1x1]", description="Atropos MRF term [smoothing,radius].")
 
 
