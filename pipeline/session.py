@@ -316,7 +316,8 @@ def stage_kinetics(ctx: StageContext, upstream: dict[str, StageResult]) -> Stage
     from .derivatives import save_nifti, write_tsv
     from .kinetics.base import Frames
     from .kinetics.parametric import parametric_maps
-    from .kinetics.regional import PLASMA_MODELS, fit_regional
+    from .kinetics.regional import (PLASMA_MODELS, curves_table, fit_regional, fit_regional_results,
+                                    results_table)
     from .spaces import pet_to_template
 
     spec, cfg = ctx.spec, ctx.config
@@ -359,9 +360,12 @@ def stage_kinetics(ctx: StageContext, upstream: dict[str, StageResult]) -> Stage
         raise ModelError("no kinetic model can run for this session (no blood data, no weight)",
                          file=spec.pet, field="kinetics.models")
 
-    fits = fit_regional(tacs, plasma, ks, models=models, injected_bq=spec.injected_bq,
-                        body_weight_kg=weight, source=str(labels.outputs["tacs"]))
+    results = fit_regional_results(tacs, plasma, ks, models=models, injected_bq=spec.injected_bq,
+                                   body_weight_kg=weight, source=str(labels.outputs["tacs"]))
+    fits = results_table(results)
     outputs["fits_tsv"] = write_tsv(fits, ctx.path("kinetics", ".tsv", desc="fits"))
+    outputs["fit_curves_tsv"] = write_tsv(curves_table(results, tacs),
+                                          ctx.path("kinetics", ".tsv", desc="curves"))
     metrics = tidy_metrics(fits)
     if "tacs_pvc" in labels.outputs:
         tacs_pvc = pd.read_csv(labels.outputs["tacs_pvc"], sep="\t", na_values="n/a")

@@ -186,6 +186,27 @@ def results_table(results: dict[str, dict[str, FitResult]], prefix: bool = True)
     return pd.DataFrame(list(rows.values()))
 
 
+def curves_table(results: dict[str, dict[str, FitResult]], tacs: pd.DataFrame) -> pd.DataFrame:
+    """Measured and fitted frame values in long form, for plots and residual checks.
+
+    Columns: ``model``, ``region``, ``frame_start``, ``frame_end`` (s), ``measured``, ``fitted``
+    (Bq/mL; ``fitted`` is NaN for frames a model does not use, e.g. before t* or after fit end).
+    Models without a curve (graphical methods, SUV) are left out.
+    """
+    frames, _ = split_tac_table(tacs)
+    parts = []
+    for m, per_region in results.items():
+        for reg, r in per_region.items():
+            if r.fitted is None or reg not in tacs.columns:
+                continue
+            parts.append(pd.DataFrame({
+                "model": m, "region": reg, "frame_start": frames.start_s, "frame_end": frames.end_s,
+                "measured": pd.to_numeric(tacs[reg], errors="coerce").to_numpy()[:frames.n],
+                "fitted": np.asarray(r.fitted, dtype=float)}))
+    cols = ["model", "region", "frame_start", "frame_end", "measured", "fitted"]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=cols)
+
+
 def fit_regional(tacs: pd.DataFrame, plasma: PlasmaInput | None = None,
                  settings: KineticsSettings | None = None, models: Iterable[str] | None = None,
                  injected_bq: float | None = None, body_weight_kg: float | None = None,
