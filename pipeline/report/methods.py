@@ -92,9 +92,15 @@ def stages_from_outputs(outputs: Mapping[str, Any]) -> list[str]:
     return ran
 
 
-def _get(cfg: Mapping[str, Any], section: str, key: str, default: Any = None) -> Any:
+def _get(cfg: Mapping[str, Any], section: str, key: str) -> Any:
+    """A setting from the config dump, falling back to the PipelineConfig default (so the text
+    never states a value the pipeline would not use)."""
     sec = cfg.get(section) or {}
-    return sec.get(key, default) if isinstance(sec, Mapping) else default
+    if isinstance(sec, Mapping) and key in sec:
+        return sec[key]
+    from ..config import PipelineConfig
+
+    return getattr(getattr(PipelineConfig.model_construct(), section, None), key, None)
 
 
 def _join(items: list[str]) -> str:
@@ -155,10 +161,10 @@ def methods_text(config: Mapping[str, Any], stages: Iterable[str], tracer: str |
     tr = f" {tracer}" if tracer else ""
     paras.append(f"The{tr} PET data were processed with gliaflow {gv}, which uses {tools}.")
     if "anat" in stages:
-        n4 = _get(config, "segmentation", "n4", True)
-        transform = _get(config, "segmentation", "transform", "SyN")
-        res = _get(config, "segmentation", "template_resolution_mm", 2.0)
-        pw = _get(config, "segmentation", "prior_weight", 0.25)
+        n4 = _get(config, "segmentation", "n4")
+        transform = _get(config, "segmentation", "transform")
+        res = _get(config, "segmentation", "template_resolution_mm")
+        pw = _get(config, "segmentation", "prior_weight")
         s = "The T1-weighted image was "
         s += (f"corrected for intensity non-uniformity with N4 {cite('tustison2010')}, " if n4 else "")
         s += ("skull-stripped and segmented into grey matter, white matter and CSF with Atropos "
@@ -167,30 +173,30 @@ def methods_text(config: Mapping[str, Any], stages: Iterable[str], tracer: str |
               f"{res} mm.")
         paras.append(s)
     if "pet_motion" in stages:
-        st = _get(config, "motion", "start_time_s", 120.0)
-        md = _get(config, "motion", "min_frame_duration_s", 30.0)
-        ref = _get(config, "motion", "reference_start_s", 600.0)
-        fw = _get(config, "motion", "smoothing_fwhm_mm", 4.0)
-        rad = _get(config, "motion", "fd_radius_mm", 50.0)
+        st = _get(config, "motion", "start_time_s")
+        md = _get(config, "motion", "min_frame_duration_s")
+        ref = _get(config, "motion", "reference_start_s")
+        fw = _get(config, "motion", "smoothing_fwhm_mm")
+        rad = _get(config, "motion", "fd_radius_mm")
         paras.append(
             f"Head motion was corrected by rigid realignment of every frame starting after {st:g} s "
             f"and lasting at least {md:g} s to the duration-weighted mean of the frames starting at "
             f"or after {ref:g} s (images smoothed with a {fw:g} mm FWHM Gaussian); earlier and shorter "
-            "frames took the transform of the nearest registered frame. Framewise displacement was "
+            "frames took the transform of the first registered frame. Framewise displacement was "
             f"computed on a sphere of radius {rad:g} mm {cite('power2012')}.")
     if "coreg" in stages:
-        ns = _get(config, "registration", "n_starts", 4)
-        thr = _get(config, "registration", "flag_similarity_below", 0.15)
+        ns = _get(config, "registration", "n_starts")
+        thr = _get(config, "registration", "flag_similarity_below")
         paras.append(
             "The PET reference image was registered to the T1-weighted image with a rigid (6 degrees "
             f"of freedom) transform maximising Mattes mutual information in ANTs {cite('avants2008')}, "
             f"keeping the best of {ns} initialisations; registrations with a normalised mutual "
             f"information below {thr:g} were flagged.")
     if "labels_tacs" in stages:
-        atlas = _get(config, "atlas", "name", "harvard-oxford")
-        refs = _get(config, "atlas", "reference_regions", []) or []
-        pvc = _get(config, "tacs", "pvc", "none")
-        fwhm = _get(config, "tacs", "psf_fwhm_mm", None) or _get(config, "tacs", "default_psf_fwhm_mm", 5.0)
+        atlas = _get(config, "atlas", "name")
+        refs = _get(config, "atlas", "reference_regions") or []
+        pvc = _get(config, "tacs", "pvc")
+        fwhm = _get(config, "tacs", "psf_fwhm_mm") or _get(config, "tacs", "default_psf_fwhm_mm")
         s = (f"Regions of the {atlas} atlas were brought from template space to the PET via the "
              "inverse normalisation and the PET-to-T1 transform, and regional time-activity curves "
              "(Bq/mL) were extracted")
@@ -206,17 +212,17 @@ def methods_text(config: Mapping[str, Any], stages: Iterable[str], tracer: str |
             s += " No partial-volume correction was applied."
         paras.append(s)
     if "kinetics" in stages:
-        models = [str(m) for m in (_get(config, "kinetics", "models", []) or [])]
+        models = [str(m) for m in (_get(config, "kinetics", "models") or [])]
         texts = []
         for m in models:
             txt, keys = _MODEL_TEXT.get(m, (m, []))
             texts.append(txt.format(**{k: cite(k) for k in keys}) if keys else txt)
-        tstar = _get(config, "kinetics", "tstar_min", 30.0)
-        win = _get(config, "kinetics", "suvr_window_min", (60.0, 90.0)) or (60, 90)
-        refr = _get(config, "kinetics", "reference_region", "whole_brain")
-        vb = _get(config, "kinetics", "vb", 0.05)
-        w = _get(config, "kinetics", "weights", "duration")
-        pf = _get(config, "blood", "parent_fraction_model", "hill")
+        tstar = _get(config, "kinetics", "tstar_min")
+        win = tuple(_get(config, "kinetics", "suvr_window_min"))
+        refr = _get(config, "kinetics", "reference_region")
+        vb = _get(config, "kinetics", "vb")
+        w = _get(config, "kinetics", "weights")
+        pf = _get(config, "blood", "parent_fraction_model")
         s = (f"The arterial plasma input was derived from the blood recordings (parent fraction model: "
              f"{pf}). Regional outcome measures were {_join(texts)}")
         s += (f"; the linear phase of the graphical methods started at t* = {tstar:g} min, SUVR used "
