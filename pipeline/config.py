@@ -124,10 +124,13 @@ class SegmentationSettings(_Settings):
     template_resolution_mm: float = Field(2.0, gt=0, le=4, description="Resolution at which the "
                                           "nonlinear T1-to-template registration runs.")
     transform: Literal["SyN", "SyNOnly", "Affine", "ElasticSyN"] = "SyN"
-    syn_iterations: list[int] = Field(default_factory=lambda: [40, 20, 0], min_length=1)
+    syn_iterations: list[int] = Field(default_factory=lambda: [40, 20, 10], min_length=1,
+                                      description="SyN iterations per level, shrink factors "
+                                      "2^(n-1)..1 of the template_resolution_mm grid.")
     n_tissue_classes: Literal[3] = 3
     prior_weight: float = Field(0.25, ge=0, le=1, description="Weight of template priors in Atropos.")
-    n4_shrink_factor: int = Field(4, ge=1, le=8, description="N4 runs on the T1 shrunk by this.")
+    n4_fit_resolution_mm: float = Field(6.0, ge=1, le=12, description="Grid spacing (mm) on which "
+                                        "N4 fits the bias field (cost ~ 1/spacing^3).")
     n4_iterations: list[int] = Field(default_factory=lambda: [50, 40], min_length=1,
                                      description="N4 iterations per B-spline fitting level.")
     affine_resolution_mm: float = Field(4.0, gt=0, le=8, description="Template resolution (mm) "
