@@ -143,10 +143,8 @@ def stage_anat(ctx: StageContext, upstream: dict[str, StageResult]) -> StageResu
                  "probseg_gm": o.probseg_gm, "probseg_wm": o.probseg_wm, "probseg_csf": o.probseg_csf,
                  "xfm_affine": o.xfm_affine, "xfm_warp": o.xfm_warp,
                  "xfm_inverse_warp": o.xfm_inverse_warp},
-        values={"to_template": [str(p) for p in res.to_template],
-                "to_t1": [str(p) for p in res.to_t1], "to_t1_invert": list(res.to_t1_invert),
-                "template": res.template, "template_resolution_mm": res.template_resolution_mm,
-                "timings_s": res.timings_s},
+        values={"anat_result": res.model_dump(mode="json"),
+                "to_template": [str(p) for p in res.to_template], "template": res.template},
         qc=res.qc, flags=list(res.qc.get("flags", [])))
 
 
@@ -201,67 +199,48 @@ def stage_labels_tacs(ctx: StageContext, upstream: dict[str, StageResult]) -> St
     import nibabel as nib
 
     from . import atlas as atl
-    from . import resources
+    from .anat import AnatResult
     from .derivatives import save_nifti, write_tsv
-    from .pvc import gtm_pvc, resolve_psf_fwhm
-    from .tacs import regional_tacs, tac_sanity, write_tacs
+    from .pvc import resolve_psf_fwhm
+    from .tacs import session_tacs
 
     spec, cfg = ctx.spec, ctx.config
     anat, motion, coreg = upstream["anat"], upstream["pet_motion"], upstream["coreg"]
-    to_t1 = anat.values["to_t1"]
-    inv = anat.values["to_t1_invert"]
-    t1 = anat.outputs["t1w_preproc"]
+    anat_result = AnatResult.model_validate(anat.values["anat_result"])
     atlas = atl.load_atlas(cfg.atlas)
     seg = atl.atlas_entity(atlas.name)
-    table = atl.select_regions(atlas.labels, cfg.atlas.regions)
-
-    labels_t1 = atl.labels_to_t1(atlas.image, t1, to_t1, inv, table)
-    labels_t1 = atl.gm_mask_labels(labels_t1, anat.outputs["probseg_gm"], table,
-                                   brain_mask=anat.outputs["brain_mask"])
-    full_t1, full_table = atl.add_tissue_labels(labels_t1, table, anat.outputs["dseg"])
-    ref_template = resources.reference_regions(atlas, anat.values["template_resolution_mm"])
-    ref_template = {k: v for k, v in ref_template.items() if k in cfg.atlas.reference_regions}
-    refs_t1 = atl.reference_masks_t1(ref_template, t1, to_t1, inv, anat.outputs["probseg_gm"],
-                                     anat.outputs["brain_mask"])
-
-    xfm = coreg.outputs["xfm_petref_to_t1w"]
     petref = motion.outputs["petref"]
-    labels_pet = atl.labels_to_pet(full_t1, petref, xfm)
-    refs_pet = atl.masks_to_pet(refs_t1, petref, xfm)
+    labels = atl.session_labels(anat_result, atlas, petref, coreg.outputs["xfm_petref_to_t1w"],
+                                cfg.atlas, ref_resolution_mm=anat_result.template_resolution_mm)
 
     outputs: dict[str, Path] = {}
-    outputs["dseg_t1w"] = save_nifti(full_t1, ctx.path("dseg", ".nii.gz", datatype="anat", seg=seg))
-    outputs["dseg_pet"] = save_nifti(labels_pet, ctx.path("dseg", ".nii.gz", space="petref", seg=seg))
-    outputs["labels_tsv"] = write_tsv(full_table, ctx.path("dseg", ".tsv", seg=seg))
-    for name, m in refs_pet.items():
-        label = name.replace("_", "")
-        outputs[f"ref_{name}"] = save_nifti(m, ctx.path("mask", ".nii.gz", space="petref", label=label))
+    outputs["dseg_t1w"] = save_nifti(labels.partition_t1,
+                                     ctx.path("dseg", ".nii.gz", datatype="anat", seg=seg))
+    outputs["dseg_pet"] = save_nifti(labels.partition_pet,
+                                     ctx.path("dseg", ".nii.gz", space="petref", seg=seg))
+    outputs["labels_tsv"] = write_tsv(labels.partition_table, ctx.path("dseg", ".tsv", seg=seg))
+    for name, m in labels.refs_pet.items():
+        outputs[f"ref_{name}"] = save_nifti(
+            m, ctx.path("mask", ".nii.gz", space="petref", label=name.replace("_", "")))
+    outputs["volumes_tsv"] = write_tsv(labels.volumes_t1,
+                                       ctx.path("volumes", ".tsv", datatype="anat", seg=seg))
 
-    pet = nib.load(str(motion.outputs["pet_hmc"]))
-    fs, fe = spec.frame_start_s, spec.frame_end_s
-    # the realigned series keeps the units of the input PET: convert to Bq/mL while reading
-    tacs = regional_tacs(pet, labels_pet, full_table, fs, fe, masks=refs_pet,
-                         units_to_bqml=spec.pet_units_to_bqml)
-    sources = [motion.outputs["pet_hmc"], outputs["dseg_pet"]]
-    outputs["tacs"], _ = write_tacs(tacs, ctx.path("tacs", ".tsv", seg=seg), sources=sources,
-                                    description="Regional mean TACs, no partial-volume correction")
-    qc: dict[str, Any] = {"tacs": tac_sanity(tacs)}
-    if cfg.tacs.pvc != "none":
-        fwhm, fwhm_source = resolve_psf_fwhm(cfg.tacs, spec.sidecar.model_dump())
-        tacs_pvc, info = gtm_pvc(pet, labels_pet, full_table, fwhm, fs, fe, masks=refs_pet,
-                                 units_to_bqml=spec.pet_units_to_bqml)
-        outputs["tacs_pvc"], _ = write_tacs(
-            tacs_pvc, ctx.path("tacs", ".tsv", seg=seg, desc="gtm"), sources=sources,
-            description=f"Regional TACs with GTM partial-volume correction (PSF FWHM {fwhm:g} mm, "
-                        f"from {fwhm_source})", extra={"PSFFWHM_mm": fwhm, "PVCMethod": "GTM"})
-        qc["pvc"] = {"method": "gtm", "psf_fwhm_mm": fwhm, "psf_source": fwhm_source,
-                     **{k: v for k, v in info.items() if isinstance(v, (int, float, str))}}
-    vols = atl.region_volumes(labels_pet, full_table, masks=refs_pet)
-    vol_t1 = atl.region_volumes(full_t1, full_table, masks=refs_t1)
-    outputs["volumes_tsv"] = write_tsv(vol_t1, ctx.path("volumes", ".tsv", datatype="anat", seg=seg))
-    qc["labels"] = atl.labels_qc(vol_t1, cfg.atlas.min_region_volume_mm3)
-    qc["volumes_pet_mm3"] = dict(zip(vols["name"], vols["volume_mm3"].round(1)))
-    flags = list(qc["labels"].get("flags", [])) + list(qc["tacs"].get("flags", []))
+    fwhm, fwhm_source = resolve_psf_fwhm(cfg.tacs, spec.sidecar.model_dump())
+    pet = nib.load(str(motion.outputs["pet_hmc"]), keep_file_open=True)
+    pvc = cfg.tacs.pvc
+    res = session_tacs(pet, labels, spec.frame_start_s, spec.frame_end_s, pvc, fwhm,
+                       out_tsv=ctx.path("tacs", ".tsv", seg=seg),
+                       out_tsv_pvc=None if pvc == "none" else ctx.path("tacs", ".tsv", seg=seg,
+                                                                       desc=f"pvc{pvc}"),
+                       units_to_bqml=spec.pet_units_to_bqml,
+                       sources=[motion.outputs["pet_hmc"], outputs["dseg_pet"]])
+    outputs.update(res["paths"])
+    qc: dict[str, Any] = dict(res["qc"])
+    if "pvc" in qc:
+        qc["pvc"] = {**qc["pvc"], "psf_fwhm_mm": fwhm, "psf_source": fwhm_source}
+    qc["labels"] = atl.labels_qc(labels.volumes_t1, cfg.atlas.min_region_volume_mm3)
+    qc["volumes_pet_mm3"] = dict(zip(labels.volumes_pet["name"], labels.volumes_pet["volume_mm3"].round(1)))
+    flags = [f for part in ("labels", "tacs", "tacs_pvc") for f in qc.get(part, {}).get("flags", [])]
     return StageResult(stage="labels_tacs", outputs=outputs, values={"atlas": atlas.name, "seg": seg},
                        qc=qc, flags=flags)
 

@@ -1,0 +1,79 @@
+"""Cohort dashboard after a run: gathers the ledger, the stage manifests (QC values and flags)
+and the group results, and hands them to :mod:`gliaflow.pipeline.report.dashboard`.
+
+This is orchestration glue (it knows where the workflows keep their state); the figures and
+HTML are built in ``pipeline/report``.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from gliaflow.pipeline.config import PipelineConfig
+
+from .cache import STATE_DIR
+
+__all__ = ["collect_stage_records", "write_dashboard"]
+
+
+def collect_stage_records(out_dir: Path) -> tuple[dict[str, dict], dict[str, list[str]], dict[str, Path]]:
+    """QC values, flags and report paths per session from ``OUT_DIR/.gliaflow/stages``.
+
+    Returns
+    -------
+    qc : dict
+        session_id -> {stage: qc dict (plus the stage's small values)}.
+    flags : dict
+        session_id -> QC flags raised by any stage.
+    reports : dict
+        session_id -> session report HTML.
+    """
+    qc: dict[str, dict] = {}
+    flags: dict[str, list[str]] = {}
+    reports: dict[str, Path] = {}
+    root = out_dir / STATE_DIR / "stages"
+    for manifest in sorted(root.glob("*/*.json")):
+        try:
+            data = json.loads(manifest.read_text())
+        except (OSError, ValueError):
+            continue
+        sid, stage = manifest.parent.name, manifest.stem
+        stage_qc = dict(data.get("qc") or {})
+        if stage == "coreg" and "similarity" in (data.get("values") or {}):
+            stage_qc.setdefault("similarity", data["values"]["similarity"])
+        qc.setdefault(sid, {})[stage] = stage_qc
+        flags.setdefault(sid, []).extend(data.get("flags") or [])
+        html = (data.get("outputs") or {}).get("report_html")
+        if html:
+            reports[sid] = Path(html)
+    return qc, flags, reports
+
+
+def write_dashboard(out_dir: str | Path, config: PipelineConfig, group_result: Any = None) -> Path | None:
+    """Write ``OUT_DIR/group/dashboard.html`` from the ledger and what the stages recorded.
+
+    Returns the dashboard path, or None when there is no ledger yet or reports are disabled.
+    """
+    from gliaflow.pipeline.report.dashboard import sessions_table, write_cohort_dashboard
+
+    out_dir = Path(out_dir)
+    ledger = out_dir / "ledger.tsv"
+    if not config.report.enabled or not ledger.is_file():
+        return None
+    qc, flags, reports = collect_stage_records(out_dir)
+    sessions = sessions_table(ledger, qc=qc, flags=flags, reports=reports)
+    group = out_dir / "group"
+    paths = (group_result or {}).get("paths", {}) if isinstance(group_result, dict) else {}
+    voxelwise = {k: v for k, v in paths.items() if ":" in str(k)} or None
+
+    def existing(name: str) -> Path | None:
+        p = group / name
+        return p if p.is_file() else None
+
+    return write_cohort_dashboard(
+        group / "dashboard.html", sessions=sessions, regional=existing("regional.tsv"),
+        stats_regional=existing("stats_regional.tsv"),
+        stats_correlation=existing("stats_correlation.tsv"), voxelwise=voxelwise,
+        stats_settings=config.stats.model_dump(mode="json"), dpi=config.report.dpi,
+        threshold=config.report.outlier_z)
