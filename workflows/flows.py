@@ -1,0 +1,505 @@
+"""Prefect flows over Dask: sessions x stages as tasks, resume from manifests, memory escalation.
+
+:func:`run_cohort` is the entry point used by ``gliaflow run``:
+
+1. **Plan** (driver, no services): discover nothing itself; for each session compute every
+   stage's cache key (:mod:`gliaflow.workflows.cache`) and load the manifests of stages already
+   finished with the same key. A fully cached cohort stops here: no Prefect server, no cluster.
+2. **Execute** (a Prefect flow, ``prefect_dask.DaskTaskRunner``): each stage still to run is one
+   Prefect task run on a Dask worker (subject x stage granularity), submitted as soon as its
+   upstream stages are available, with its memory request (``dask.annotate(resources=
+   {"MEMORY": bytes})``, from ``Stage.memory_bytes``). A failing stage fails only its session
+   (the error is kept, :class:`GliaflowError` messages verbatim); other sessions go on. When a
+   worker dies (``KilledWorker``, the scheduler allows 0 silent retries), the task run is marked
+   CRASHED in Prefect and the stage is resubmitted as a new task run with
+   ``memory_escalation`` x more memory, at most ``max_memory_retries`` times. Nothing is left
+   RUNNING: unfinished task runs are marked crashed when the driver stops.
+3. **Group**: the tidy table ``OUT_DIR/group/regional.tsv`` from the kinetics stage's
+   ``regional_metrics`` outputs, then the group step callable.
+4. **Ledger**: ``OUT_DIR/ledger.tsv`` (done / failed / skipped per session).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from gliaflow.pipeline.config import PipelineConfig
+from gliaflow.pipeline.errors import GliaflowError
+
+from .cache import FileHasher, load_manifest, stage_keys
+from .cluster import MEMORY_RESOURCE, ClusterHandle, ClusterProfile, load_profile, start_cluster
+from .cohort_table import build_regional_table
+from .ledger import Ledger
+from .progress import CohortProgress
+
+__all__ = ["SessionPlan", "CohortOutcome", "plan_sessions", "run_cohort", "run_session_flow",
+           "TABLE_STAGE", "TABLE_OUTPUT"]
+
+log = logging.getLogger("gliaflow.workflows")
+
+TABLE_STAGE = "kinetics"  # the stage whose output feeds the cohort table
+TABLE_OUTPUT = "regional_metrics"  # its output key (a TSV: region + one column per metric)
+
+GroupStep = Callable[[Path, PipelineConfig, Path], Any]
+
+
+@dataclass
+class SessionPlan:
+    """One session's stages: keys, cached results, and run bookkeeping."""
+
+    spec: Any
+    keys: dict[str, str]
+    results: dict[str, dict] = field(default_factory=dict)  # finished (cached or run)
+    cached: list[str] = field(default_factory=list)
+    ran: list[str] = field(default_factory=list)
+    submitted: set = field(default_factory=set)
+    attempts: dict[str, int] = field(default_factory=dict)
+    error: str | None = None
+    error_kind: str = ""
+    t0: float = 0.0
+    seconds: float = 0.0
+
+    @property
+    def session_id(self) -> str:
+        return self.spec.session_id
+
+    def to_run(self, stages: Sequence) -> list[str]:
+        return [s.name for s in stages if s.name not in self.results]
+
+
+@dataclass
+class CohortOutcome:
+    """What a cohort run did."""
+
+    plans: list[SessionPlan]
+    ledger_path: Path | None
+    table_path: Path | None = None
+    group_result: Any = None
+    group_error: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)  # seconds
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def done(self) -> list[str]:
+        return [p.session_id for p in self.plans if p.error is None]
+
+    @property
+    def failed(self) -> dict[str, str]:
+        return {p.session_id: p.error for p in self.plans if p.error is not None}
+
+
+def plan_sessions(specs: Iterable, stages: Sequence, config: PipelineConfig, out_dir: str | Path,
+                  work_dir: str | Path | None, save_hashes: bool = True) -> list[SessionPlan]:
+    """Cache keys and cached results for every session (driver side, no services).
+
+    Parameters
+    ----------
+    specs : iterable of SessionSpec
+    stages : list of Stage (dependency order)
+    config : PipelineConfig
+    out_dir : path
+        Derivatives root (manifests under ``OUT_DIR/.gliaflow/stages``).
+    work_dir : path or None
+        Where the file-hash table is remembered (``work_dir/filehashes.json``).
+    save_hashes : bool
+        Write the file-hash table (False for dry runs).
+    """
+    hasher = FileHasher(Path(work_dir) / "filehashes.json" if work_dir else None)
+    plans = []
+    for spec in specs:
+        keys = stage_keys(stages, spec, config, hasher)
+        plan = SessionPlan(spec=spec, keys=keys)
+        for st in stages:
+            m = load_manifest(out_dir, spec.session_id, st.name, keys[st.name])
+            if m is not None:
+                plan.results[st.name] = m
+                plan.cached.append(st.name)
+        plans.append(plan)
+    if save_hashes:
+        hasher.save()
+    return plans
+
+
+def _error_record(exc: BaseException) -> tuple[str, str]:
+    if isinstance(exc, GliaflowError):
+        return exc.kind, str(exc)
+    return "internal", f"{type(exc).__name__}: {exc}"
+
+
+def _mark_crashed(task_run_ids: Iterable, message: str) -> None:
+    """Set task runs to CRASHED in Prefect (force), ignoring runs the API never saw."""
+    ids = [i for i in task_run_ids if i is not None]
+    if not ids:
+        return
+    from prefect.client.orchestration import get_client
+    from prefect.states import Crashed
+
+    try:
+        with get_client(sync_client=True) as client:
+            for i in ids:
+                with contextlib.suppress(Exception):
+                    client.set_task_run_state(i, Crashed(message=message), force=True)
+    except Exception as exc:  # the API is gone: nothing more to do
+        log.warning("could not mark task runs crashed: %s", exc)
+
+
+def crash_stale_runs() -> int:
+    """Mark RUNNING/PENDING flow and task runs of a private server as CRASHED (a previous driver
+    was killed). Returns how many runs were changed."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (FlowRunFilter, FlowRunFilterState,
+                                                FlowRunFilterStateType, TaskRunFilter,
+                                                TaskRunFilterState, TaskRunFilterStateType)
+    from prefect.client.schemas.objects import StateType
+    from prefect.client.schemas.sorting import FlowRunSort, TaskRunSort
+    from prefect.states import Crashed
+
+    active = [StateType.RUNNING, StateType.PENDING, StateType.SCHEDULED]
+    n = 0
+    with get_client(sync_client=True) as client:
+        trs = client.read_task_runs(task_run_filter=TaskRunFilter(
+            state=TaskRunFilterState(type=TaskRunFilterStateType(any_=active))),
+            sort=TaskRunSort.EXPECTED_START_TIME_DESC, limit=200)
+        for tr in trs:
+            client.set_task_run_state(tr.id, Crashed(message="driver stopped"), force=True)
+            n += 1
+        frs = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=active))),
+            sort=FlowRunSort.EXPECTED_START_TIME_DESC, limit=200)
+        for fr in frs:
+            client.set_flow_run_state(fr.id, Crashed(message="driver stopped"), force=True)
+            n += 1
+    return n
+
+
+class _Scheduler:
+    """Submits ready stages to the flow's task runner and reacts to their completion."""
+
+    def __init__(self, plans: list[SessionPlan], stages: Sequence, config: PipelineConfig,
+                 out_dir: Path, work_dir: Path, handle: ClusterHandle | None,
+                 progress: CohortProgress, ledger: Ledger):
+        self.plans = plans
+        self.stages = list(stages)
+        self.by_name = {s.name: s for s in stages}
+        self.config = config
+        self.out_dir = out_dir
+        self.work_dir = work_dir
+        self.handle = handle
+        self.progress = progress
+        self.ledger = ledger
+        ex = config.execution
+        self.escalation = ex.memory_escalation
+        self.max_retries = ex.max_memory_retries
+        self.n_threads = ex.threads_per_task
+        self.meta: dict[str, tuple] = {}
+        self.submissions = 0
+        self.crashes = 0
+        self.submit_s = 0.0  # driver time spent submitting task runs (s)
+        self._last_ledger = 0.0
+
+    def memory_request(self, plan: SessionPlan, stage) -> int | None:
+        if self.handle is None or not self.handle.use_resources:
+            return None
+        try:
+            est = int(stage.memory_bytes(plan.spec))
+        except Exception:
+            est = 1 << 30
+        req = int(est * self.escalation ** plan.attempts.get(stage.name, 0))
+        cap = self.handle.worker_memory_bytes
+        return min(req, cap) if cap else req
+
+    def submit(self, plan: SessionPlan, stage, ac) -> None:
+        import dask
+
+        from .tasks import stage_task
+
+        t0 = time.perf_counter()
+        mem = self.memory_request(plan, stage)
+        ann = {"resources": {MEMORY_RESOURCE: mem}} if mem else {}
+        upstream = {r: {k: v for k, v in plan.results[r].items() if k != "_meta"}
+                    for r in stage.requires}
+        t = stage_task.with_options(name=stage.name,
+                                    task_run_name=f"{plan.session_id}:{stage.name}")
+        with dask.annotate(**ann):
+            pf = t.submit(func=stage.func, stage=stage.name, spec=plan.spec, config=self.config,
+                          out_dir=str(self.out_dir), work_dir=str(self.work_dir),
+                          key=plan.keys[stage.name], upstream=upstream, n_threads=self.n_threads)
+        plan.submitted.add(stage.name)
+        self.submissions += 1
+        self.submit_s += time.perf_counter() - t0
+        fut = pf.wrapped_future
+        self.meta[fut.key] = (plan, stage, pf, mem)
+        ac.add(fut)
+        self.progress.stage_started(plan.session_id, stage.name)
+
+    def submit_ready(self, plan: SessionPlan, ac) -> None:
+        if plan.error is not None:
+            return
+        for st in self.stages:
+            if st.name in plan.results or st.name in plan.submitted:
+                continue
+            if all(r in plan.results for r in st.requires):
+                self.submit(plan, st, ac)
+
+    def finish(self, plan: SessionPlan, error: tuple[str, str] | None = None) -> None:
+        plan.seconds = time.perf_counter() - plan.t0
+        if error is not None:
+            plan.error_kind, plan.error = error
+        self.ledger.record(
+            plan.session_id, "done" if plan.error is None else "failed",
+            participant_id=f"sub-{plan.spec.participant}", error_kind=plan.error_kind,
+            error=plan.error or "", stages_run=",".join(plan.ran),
+            stages_cached=",".join(plan.cached), seconds=round(plan.seconds, 3),
+            attempts=sum(plan.attempts.values()) + len(plan.ran))
+        self.progress.session_finished(plan.session_id, plan.error is None)
+        now = time.perf_counter()
+        if now - self._last_ledger > 2.0:
+            self.ledger.write()
+            self._last_ledger = now
+
+    def run(self) -> None:
+        from distributed import as_completed
+
+        from prefect.context import FlowRunContext
+
+        runner = FlowRunContext.get().task_runner
+        ac = as_completed(loop=runner.client.loop)
+        try:
+            for plan in self.plans:
+                plan.t0 = time.perf_counter()
+                if not plan.to_run(self.stages):
+                    self.finish(plan)
+                    continue
+                self.submit_ready(plan, ac)
+            for fut in ac:
+                plan, stage, pf, mem = self.meta.pop(fut.key)
+                plan.submitted.discard(stage.name)
+                try:
+                    state = fut.result()
+                except Exception as exc:  # KilledWorker, lost connection: the run never reported
+                    self.crashes += 1
+                    msg = f"worker died running {plan.session_id}:{stage.name} " \
+                          f"(memory request {mem or 0} bytes): {type(exc).__name__}: {exc}"
+                    _mark_crashed([pf.task_run_id], msg)
+                    plan.attempts[stage.name] = plan.attempts.get(stage.name, 0) + 1
+                    if plan.attempts[stage.name] <= self.max_retries:
+                        self.progress.print(f"[yellow]{msg}; resubmitting with more memory")
+                        self.submit(plan, stage, ac)
+                    else:
+                        self.finish(plan, ("crashed", msg + f" (gave up after "
+                                           f"{plan.attempts[stage.name]} attempts)"))
+                    continue
+                if state.is_completed():
+                    data = state.result()
+                    plan.results[stage.name] = data
+                    plan.ran.append(stage.name)
+                else:
+                    exc = state.result(raise_on_failure=False)
+                    err = _error_record(exc) if isinstance(exc, BaseException) else \
+                        ("internal", f"{stage.name}: {state.message}")
+                    tb = self.work_dir / plan.session_id / f"{stage.name}.traceback.txt"
+                    if err[0] == "internal" and tb.exists():
+                        err = (err[0], f"{err[1]} (traceback: {tb})")
+                    if plan.error is None:
+                        self.finish(plan, (err[0], f"{stage.name}: {err[1]}"))
+                    continue
+                if plan.error is None and not plan.to_run(self.stages):
+                    self.finish(plan)
+                else:
+                    self.submit_ready(plan, ac)
+        finally:
+            if self.meta:  # interrupted: leave nothing RUNNING
+                leftovers = list(self.meta.values())
+                self.meta.clear()
+                for _, _, pf, _ in leftovers:
+                    with contextlib.suppress(Exception):
+                        pf.wrapped_future.cancel()
+                _mark_crashed([pf.task_run_id for _, _, pf, _ in leftovers], "driver stopped")
+
+
+def _group(plans: list[SessionPlan], config: PipelineConfig, out_dir: Path,
+           group_step: GroupStep | None) -> tuple[Path | None, Any]:
+    rows = []
+    for p in plans:
+        res = p.results.get(TABLE_STAGE)
+        if p.error is None and res and TABLE_OUTPUT in (res.get("outputs") or {}):
+            rows.append((p.spec, res["outputs"][TABLE_OUTPUT]))
+    if not rows:
+        return None, None
+    table = out_dir / "group" / "regional.tsv"
+    build_regional_table(rows, table)
+    result = group_step(table, config, out_dir) if group_step is not None else None
+    return table, result
+
+
+def run_cohort(specs: Sequence, *, stages: Sequence, config: PipelineConfig, out_dir: str | Path,
+               work_dir: str | Path | None = None, level: str = "participant",
+               invalid: Sequence = (), group_step: GroupStep | None = None,
+               profile: ClusterProfile | str | None = None, handle: ClusterHandle | None = None,
+               show_progress: bool = True, flow_name: str = "gliaflow-cohort",
+               info: dict | None = None) -> CohortOutcome:
+    """Run a cohort: plan, execute missing stages on Dask through Prefect, group, ledger.
+
+    Parameters
+    ----------
+    specs : list of SessionSpec
+        Valid sessions (from :func:`gliaflow.pipeline.bids.discover`).
+    stages : list of Stage
+        The session stages in dependency order (normally ``session.SESSION_STAGES``).
+    config : PipelineConfig
+        ``config.execution`` gives the cluster profile, workers, memory, retries.
+    out_dir : path
+        Derivatives root; ledger at ``OUT_DIR/ledger.tsv``, table at ``OUT_DIR/group/``.
+    work_dir : path, optional
+        Scratch (Prefect database, Dask spill, per-session scratch); ``OUT_DIR/../work`` style
+        default: ``OUT_DIR/.gliaflow/work``.
+    level : {"participant", "group", "all"}
+        participant: process sessions; group: cohort table + group step from finished sessions;
+        all: both.
+    invalid : list of SessionIssue
+        Sessions discovery rejected; recorded as ``skipped`` with the reason.
+    group_step : callable, optional
+        ``group_step(table_path, config, out_dir)``, run after the table is written.
+    profile, handle :
+        Cluster profile (name/path/model; default ``config.execution.cluster``) or an already
+        running :class:`ClusterHandle` (reused, not closed).
+    show_progress : bool
+        Rich progress display and summary table on stderr.
+    info : dict, optional
+        Filled with timings and addresses.
+    """
+    t_start = time.perf_counter()
+    info = info if info is not None else {}
+    out_dir = Path(out_dir).absolute()
+    ex = config.execution
+    work_dir = Path(work_dir or ex.work_dir or out_dir / ".gliaflow" / "work").absolute()
+    work_dir.mkdir(parents=True, exist_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stages = list(stages)
+    ledger = Ledger(out_dir)
+    for issue in invalid:
+        where = ": ".join(x for x in (issue.file, f"field '{issue.field}'" if issue.field else None) if x)
+        ledger.record(issue.session_id, "skipped", error_kind="invalid",
+                      error=f"{where}: {issue.message}" if where else issue.message,
+                      participant_id=issue.session_id.split("_")[0])
+
+    plans = plan_sessions(specs, stages, config, out_dir, work_dir)
+    timings = {"plan_s": time.perf_counter() - t_start}
+    outcome = CohortOutcome(plans=plans, ledger_path=None, timings=timings, info=info)
+    todo = [p for p in plans if p.to_run(stages)] if level in ("participant", "all") else []
+    console_progress = CohortProgress(len(plans), enabled=show_progress)
+
+    if level in ("participant", "all"):
+        if not todo:  # fully cached: no services needed
+            sched = _Scheduler([], stages, config, out_dir, work_dir, None, console_progress, ledger)
+            for p in plans:
+                p.t0 = time.perf_counter()
+                sched.finish(p)
+        else:
+            _execute(plans, stages, config, out_dir, work_dir, profile, handle, console_progress,
+                     ledger, flow_name, info, timings)
+    if level in ("group", "all"):
+        t0 = time.perf_counter()
+        if level == "group":
+            for p in plans:
+                if p.to_run(stages):
+                    p.error_kind, p.error = "missing", "not all stages finished; run the " \
+                        "participant level first (stages missing: " + ",".join(p.to_run(stages)) + ")"
+        if level == "all" or ledger.rows:
+            outcome.ledger_path = ledger.write()  # before the group step, which may fail
+        try:
+            outcome.table_path, outcome.group_result = _group(plans, config, out_dir, group_step)
+        except GliaflowError as exc:  # e.g. too few subjects for the design: sessions stay done
+            outcome.group_error = str(exc)
+            t = out_dir / "group" / "regional.tsv"
+            outcome.table_path = t if t.exists() else None
+            console_progress.print(f"[red]group step failed: {exc}")
+        timings["group_s"] = time.perf_counter() - t0
+    if level != "group" or invalid:
+        outcome.ledger_path = ledger.write()
+    timings["total_s"] = time.perf_counter() - t_start
+    if show_progress and ledger.rows:
+        from .progress import summary_table
+
+        console_progress.console.print(summary_table([ledger.rows[k] for k in sorted(ledger.rows)]))
+    return outcome
+
+
+# Schedulers of running flows, by run id: the flow function must be a plain module-level
+# function (Prefect serialises the flow run context, flow included, into every task submission).
+_ACTIVE: dict[str, "_Scheduler"] = {}
+
+
+def _flow_body(run_id: str, n_sessions: int) -> dict:
+    """The cohort flow: run the scheduler registered under ``run_id``."""
+    sched = _ACTIVE[run_id]
+    sched.run()
+    return {"sessions": n_sessions, "submissions": sched.submissions, "crashes": sched.crashes}
+
+
+def _execute(plans, stages, config, out_dir, work_dir, profile, handle, progress, ledger,
+             flow_name, info, timings) -> None:
+    """Start the Prefect API and the cluster, run the flow, stop what was started."""
+    from prefect import flow
+
+    from .prefect_server import prefect_api, quiet_prefect_env
+
+    ex = config.execution
+    t0 = time.perf_counter()
+    with contextlib.ExitStack() as stack:
+        api_url = stack.enter_context(prefect_api(work_dir, info))
+        timings["prefect_start_s"] = time.perf_counter() - t0
+        if info.get("private"):
+            with contextlib.suppress(Exception):
+                crash_stale_runs()
+        t1 = time.perf_counter()
+        own = handle is None
+        if own:
+            prof = profile if isinstance(profile, ClusterProfile) else load_profile(profile or ex.cluster)
+            env = quiet_prefect_env()
+            env["PREFECT_API_URL"] = api_url
+            if os.environ.get("PYTHONPATH"):
+                env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+            handle = start_cluster(prof, nprocs=ex.nprocs, mem_gb=ex.mem_gb,
+                                   threads_per_task=ex.threads_per_task, work_dir=work_dir, env=env)
+            stack.callback(handle.close)
+        timings["cluster_start_s"] = time.perf_counter() - t1
+        info["dashboard"] = handle.dashboard_link
+        progress.print(f"Prefect UI: {info.get('ui_url')}  (API {api_url}"
+                       f"{', private server' if info.get('private') else ''})")
+        progress.print(f"Dask dashboard: {handle.dashboard_link or 'n/a'}  scheduler {handle.address}")
+        sched = _Scheduler(plans, stages, config, out_dir, work_dir, handle, progress, ledger)
+
+        run_id = f"{os.getpid()}-{id(sched)}"
+        _ACTIVE[run_id] = sched
+        f = flow(_flow_body, name=flow_name, task_runner=handle.task_runner(),
+                 validate_parameters=False, persist_result=False, log_prints=False)
+        t2 = time.perf_counter()
+        try:
+            with progress:
+                state = f(run_id=run_id, n_sessions=len(plans), return_state=True)
+        finally:
+            _ACTIVE.pop(run_id, None)
+        timings["flow_s"] = time.perf_counter() - t2
+        info["submissions"] = sched.submissions
+        info["crashes"] = sched.crashes
+        info["submit_s"] = sched.submit_s
+        if state.is_failed() or state.is_crashed():
+            exc = state.result(raise_on_failure=False)
+            if isinstance(exc, BaseException):
+                raise exc
+        # sessions the flow never finished (flow crashed) are failed, not silently dropped
+        for p in plans:
+            if p.session_id not in ledger.rows:
+                sched.finish(p, ("internal", "the flow stopped before this session finished"))
+
+
+def run_session_flow(spec, **kwargs) -> CohortOutcome:
+    """Run one session through the same machinery (flow name ``gliaflow-session``)."""
+    kwargs.setdefault("flow_name", "gliaflow-session")
+    return run_cohort([spec], **kwargs)
