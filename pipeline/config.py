@@ -282,7 +282,8 @@ class ExecutionSettings(_Settings):
 
     cluster: str = Field("local", description="Cluster profile: a name in infrastructure/clusters "
                          "(local, address, slurm, pbs, sge, lsf) or a path to a profile YAML.")
-    nprocs: int | None = Field(None, ge=1, description="Dask workers; None: one per 2 cores.")
+    nprocs: int | None = Field(None, ge=1, description="Dask workers; None: one per "
+                                  "threads_per_task cores.")
     mem_gb: float | None = Field(None, gt=0, description="Memory per worker (GiB).")
     threads_per_task: int = Field(1, ge=1)
     work_dir: Path | None = None

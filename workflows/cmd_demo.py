@@ -110,15 +110,19 @@ def run(args) -> int:
         table.add_row(metric, f"{err:.1f}", str(n))
     if checks:
         console.print(table)
-    dashboard = deriv / "group" / "dashboard.html"
+    dashboard = outcome.dashboard_path
+    tm = outcome.timings
     console.print(f"Sessions: {len(outcome.done)} done, {len(outcome.failed)} failed, "
                   f"{len(disc.invalid)} skipped; total {time.perf_counter() - t0:.0f} s "
-                  f"(simulation {t_sim:.0f} s).")
+                  f"(simulation {t_sim:.0f} s, group statistics {tm.get('group_s', 0):.0f} s, "
+                  f"dashboard {tm.get('dashboard_s', 0):.0f} s).")
     console.print(f"Outputs:   {deriv}")
     console.print(f"Ledger:    {outcome.ledger_path}")
     if outcome.table_path:
         console.print(f"Table:     {outcome.table_path}")
-    if dashboard.is_file():
+    if outcome.group_error:
+        console.print(f"Group step: failed: {outcome.group_error}")
+    if dashboard is not None:
         console.print(f"Dashboard: {dashboard}")
     for p in sorted(deriv.glob("sub-*.html"))[:3]:
         console.print(f"Report:    {p}")

@@ -143,7 +143,8 @@ def run(args) -> int:
           f"{len(disc.invalid)} skipped in {tm.get('total_s', 0):.1f} s"
           + (f" (Prefect server start {tm['prefect_start_s']:.1f} s)" if "prefect_start_s" in tm else "")
           + (f"; ledger {outcome.ledger_path}" if outcome.ledger_path else "")
-          + (f"; table {outcome.table_path}" if outcome.table_path else ""))
+          + (f"; table {outcome.table_path}" if outcome.table_path else "")
+          + (f"; dashboard {outcome.dashboard_path}" if outcome.dashboard_path else ""))
     if outcome.group_error:
         print(f"gliaflow run: group step failed: {outcome.group_error}", file=sys.stderr)
     return 1 if (outcome.failed or outcome.group_error) else 0

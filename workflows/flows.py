@@ -81,6 +81,7 @@ class CohortOutcome:
     table_path: Path | None = None
     group_result: Any = None
     group_error: str | None = None
+    dashboard_path: Path | None = None
     timings: dict[str, float] = field(default_factory=dict)  # seconds
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -422,6 +423,15 @@ def run_cohort(specs: Sequence, *, stages: Sequence, config: PipelineConfig, out
         timings["group_s"] = time.perf_counter() - t0
     if level != "group" or invalid:
         outcome.ledger_path = ledger.write()
+    if level in ("group", "all"):
+        from .reporting import write_dashboard
+
+        t0 = time.perf_counter()
+        try:
+            outcome.dashboard_path = write_dashboard(out_dir, config, outcome.group_result)
+        except Exception as exc:  # noqa: BLE001 - a report must never lose a finished cohort
+            console_progress.print(f"[red]cohort dashboard failed: {type(exc).__name__}: {exc}")
+        timings["dashboard_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - t_start
     if show_progress and ledger.rows:
         from .progress import summary_table

@@ -115,19 +115,8 @@ def exp_conv(cp: np.ndarray, dt_s: float, rate_per_min: float) -> np.ndarray:
         The convolution on the same grid, in Bq/mL * min (multiply by an amplitude in 1/min to
         get Bq/mL).
     """
-    h = dt_s / 60.0  # minutes
-    b = float(rate_per_min)
-    bh = b * h
-    if bh < 1e-6:
-        i0 = h * (1 - bh / 2)
-        i1 = h * h * (0.5 - bh / 3)
-    else:
-        e = np.exp(-bh)
-        i0 = (1 - e) / b
-        i1 = (1 - e - bh * e) / (b * b)
-    c1 = i0 - i1 / h
-    c0 = i1 / h
-    return lfilter([c1, c0], [1.0, -np.exp(-bh)], np.asarray(cp, dtype=float), axis=0)
+    c1, c0, a1 = _exp_conv_coeffs(dt_s, rate_per_min)
+    return lfilter([c1, c0], [1.0, a1], np.asarray(cp, dtype=float), axis=0)
 
 
 def tcm_tissue(cp: np.ndarray, dt_s: float, K1: float, k2: float, k3: float = 0.0,

@@ -22,7 +22,7 @@ import pandas as pd
 
 from ..derivatives import atomic_write_text
 from . import figures as F
-from .html import badge, esc, figure, kv_table, page, section, table, unavailable
+from .html import badge, esc, figure, flatten, kv_table, page, section, table, unavailable
 from .methods import group_methods_text, methods_html
 
 __all__ = ["robust_z", "qc_outliers", "sessions_table", "write_cohort_dashboard", "QC_CATEGORIES"]
@@ -174,15 +174,10 @@ def F_fmt(v: Any) -> str:
         return str(v)
 
 
-def _scalars(d: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
-    out: dict[str, float] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping):
-            out.update(_scalars(v, key + "."))
-        elif isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool):
-            out[key] = float(v)
-    return out
+def _scalars(d: Mapping[str, Any]) -> dict[str, float]:
+    """Numeric leaves of a nested QC dict, with dotted keys."""
+    return {k: float(v) for k, v in flatten(d).items()
+            if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)}
 
 
 def sessions_table(ledger: pd.DataFrame | str | Path, qc: Mapping[str, Mapping[str, Any]] | None = None,

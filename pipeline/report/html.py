@@ -8,12 +8,13 @@ from __future__ import annotations
 import base64
 import html as _html
 import math
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import pandas as pd
 
 __all__ = [
     "CSS",
+    "flatten",
     "esc",
     "page",
     "section",
@@ -184,3 +185,17 @@ def bullet_list(items: Iterable[Any], cls: str = "") -> str:
 def badge(text: str, kind: str = "warn") -> str:
     """A small coloured label; ``kind`` is 'bad', 'warn' or 'ok'."""
     return f'<span class="badge {esc(kind)}">{esc(text)}</span>'
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Flatten nested dicts with dotted keys (lists shown as comma-separated text)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(flatten(v, key + "."))
+        elif isinstance(v, (list, tuple)):
+            out[key] = ", ".join(str(x) for x in v)
+        else:
+            out[key] = v
+    return out

@@ -18,10 +18,10 @@ import pandas as pd
 
 from ..derivatives import atomic_write_text
 from . import figures as F
-from .html import badge, bullet_list, esc, figure, kv_table, page, section, table, unavailable
+from .html import badge, bullet_list, esc, figure, flatten, kv_table, page, section, table, unavailable
 from .methods import methods_html, methods_text, stages_from_outputs, tool_versions
 
-__all__ = ["write_session_report", "read_tsv", "reference_masks", "flatten"]
+__all__ = ["write_session_report", "read_tsv", "reference_masks"]
 
 _NAV = [("summary", "Summary"), ("qc", "QC flags"), ("motion", "Motion"), ("coreg", "PET→T1"),
         ("segmentation", "Segmentation"), ("atlas", "Atlas"), ("refmasks", "Reference regions"),
@@ -32,20 +32,6 @@ _NAV = [("summary", "Summary"), ("qc", "QC flags"), ("motion", "Motion"), ("core
 def read_tsv(path: str | Path) -> pd.DataFrame:
     """Read a BIDS TSV ('n/a' as missing)."""
     return pd.read_csv(path, sep="\t", na_values=["n/a", "N/A", ""], keep_default_na=True)
-
-
-def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Flatten nested dicts with dotted keys (lists shown as comma-separated text)."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping):
-            out.update(flatten(v, key + "."))
-        elif isinstance(v, (list, tuple)):
-            out[key] = ", ".join(str(x) for x in v)
-        else:
-            out[key] = v
-    return out
 
 
 def _existing(outputs: Mapping[str, Any], key: str) -> Path | None:
