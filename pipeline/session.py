@@ -76,10 +76,11 @@ class Stage:
 
 
 def _set_threads(n: int) -> None:
+    """Thread counts for ITK/OpenMP/BLAS. ITK reads its variable once, at its first use in a
+    process, so this only takes effect before the first stage runs (workers set it at start)."""
     for var in ("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                 "MKL_NUM_THREADS"):
         os.environ[var] = str(n)
-
 
 
 # --------------------------------------------------------------------------- helpers
@@ -113,10 +114,6 @@ def _body_weight_kg(spec: SessionSpec) -> float | None:
     return None
 
 
-def _ants_threads(ctx: StageContext) -> None:
-    _set_threads(ctx.n_threads)
-
-
 def _work(ctx: StageContext, stage: str) -> Path:
     """The stage's scratch folder (created)."""
     d = ctx.work_dir / stage
@@ -130,7 +127,6 @@ def stage_anat(ctx: StageContext, upstream: dict[str, StageResult]) -> StageResu
     """T1w: N4, brain mask, GM/WM/CSF segmentation, nonlinear registration to the template."""
     from .anat import AnatOutputs, process_anat
 
-    _ants_threads(ctx)
     spec = ctx.spec
     anat_dir = ctx.path("T1w", ".nii.gz", datatype="anat").parent
     outs = AnatOutputs.bids(anat_dir, spec.entities)
@@ -152,7 +148,6 @@ def stage_pet_motion(ctx: StageContext, upstream: dict[str, StageResult]) -> Sta
     """Frame realignment to a late-frame reference; motion table and per-frame transforms."""
     from .motion import realign_frames
 
-    _ants_threads(ctx)
     spec = ctx.spec
     res = realign_frames(
         spec.pet, spec.frame_start_s, spec.frame_end_s, ctx.config.motion,
@@ -177,7 +172,6 @@ def stage_coreg(ctx: StageContext, upstream: dict[str, StageResult]) -> StageRes
     """Rigid PET-reference to T1w registration (mutual information), with a QC score and flag."""
     from .registration import register_pet_to_t1
 
-    _ants_threads(ctx)
     anat, motion = upstream["anat"], upstream["pet_motion"]
     res = register_pet_to_t1(
         motion.outputs["petref"], anat.outputs["t1w_preproc"], ctx.config.registration,

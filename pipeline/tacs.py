@@ -239,7 +239,8 @@ def write_tacs(
     return path, json_path
 
 
-def tac_sanity(tacs: pd.DataFrame, negative_tolerance_bqml: float = 0.0) -> dict[str, Any]:
+def tac_sanity(tacs: pd.DataFrame, negative_tolerance_bqml: float = 0.0,
+               negative_fraction_of_peak: float = 0.05) -> dict[str, Any]:
     """Small QC record for a TAC table.
 
     Parameters
@@ -248,6 +249,9 @@ def tac_sanity(tacs: pd.DataFrame, negative_tolerance_bqml: float = 0.0) -> dict
         ``frame_start``, ``frame_end`` (s), then region columns (Bq/mL).
     negative_tolerance_bqml : float
         Values below ``-tolerance`` count as negative.
+    negative_fraction_of_peak : float
+        ...and only when they are also below ``-fraction x`` the region's peak: noise around zero
+        before the bolus arrives is expected in short early frames, a deeply negative value is not.
 
     Returns
     -------
@@ -259,7 +263,10 @@ def tac_sanity(tacs: pd.DataFrame, negative_tolerance_bqml: float = 0.0) -> dict
     regions = [c for c in tacs.columns if c not in ("frame_start", "frame_end")]
     vals = tacs[regions].to_numpy(float)
     mid = 0.5 * (tacs["frame_start"].to_numpy(float) + tacs["frame_end"].to_numpy(float))
-    neg = vals < -negative_tolerance_bqml
+    with np.errstate(invalid="ignore"):
+        peak = np.nanmax(np.where(np.isfinite(vals), vals, -np.inf), axis=0)
+    limit = np.maximum(negative_tolerance_bqml, negative_fraction_of_peak * np.clip(peak, 0, None))
+    neg = vals < -limit
     nan_cols = [r for r, c in zip(regions, np.all(~np.isfinite(vals), axis=0)) if c]
     peaks = {}
     for k, r in enumerate(regions):

@@ -14,7 +14,17 @@ from gliaflow.pipeline.config import PipelineConfig
 
 from .cache import STATE_DIR
 
-__all__ = ["collect_stage_records", "write_dashboard"]
+__all__ = ["collect_stage_records", "write_dashboard", "DASHBOARD_QC"]
+
+# Session-level QC values scored on the dashboard (robust z across sessions), per stage. Per-region
+# values (peak times, volumes of each region) stay in the session reports: scored one by one
+# across a cohort they raise chance outliers in every session.
+DASHBOARD_QC: dict[str, tuple[str, ...]] = {
+    "anat": ("brain_volume_mm3", "gm_volume_mm3", "wm_volume_mm3", "csf_volume_mm3"),
+    "pet_motion": ("mean_fd_mm", "max_fd_mm", "max_displacement_mm"),
+    "coreg": ("similarity", "brain_coverage"),
+    "kinetics": ("blood_delay_s",),
+}
 
 
 def collect_stage_records(out_dir: Path) -> tuple[dict[str, dict], dict[str, list[str]], dict[str, Path]]:
@@ -23,7 +33,7 @@ def collect_stage_records(out_dir: Path) -> tuple[dict[str, dict], dict[str, lis
     Returns
     -------
     qc : dict
-        session_id -> {stage: qc dict (plus the stage's small values)}.
+        session_id -> {stage: the session-level QC values of :data:`DASHBOARD_QC`}.
     flags : dict
         session_id -> QC flags raised by any stage.
     reports : dict
@@ -39,10 +49,12 @@ def collect_stage_records(out_dir: Path) -> tuple[dict[str, dict], dict[str, lis
         except (OSError, ValueError):
             continue
         sid, stage = manifest.parent.name, manifest.stem
-        stage_qc = dict(data.get("qc") or {})
-        if stage == "coreg" and "similarity" in (data.get("values") or {}):
-            stage_qc.setdefault("similarity", data["values"]["similarity"])
-        qc.setdefault(sid, {})[stage] = stage_qc
+        stage_qc = data.get("qc") or {}
+        picked = {k: stage_qc[k] for k in DASHBOARD_QC.get(stage, ()) if k in stage_qc}
+        if stage == "kinetics" and isinstance(stage_qc.get("fits_not_converged"), dict):
+            picked["fits_not_converged"] = sum(stage_qc["fits_not_converged"].values())
+        if picked:
+            qc.setdefault(sid, {})[stage] = picked
         flags.setdefault(sid, []).extend(data.get("flags") or [])
         html = (data.get("outputs") or {}).get("report_html")
         if html:

@@ -34,6 +34,9 @@ QC_CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("volume", ("volume", "vol_", "_mm3", "_ml")),
     ("uptake", ("suv", "vt", "uptake", "bqml", "bp_")),
 )
+# per-region uptake outliers need enough sessions for a stable median/MAD: with a handful of
+# sessions and ~100 regions, |robust z| > 3.5 happens by chance in almost every session
+REGIONAL_OUTLIER_MIN_SESSIONS = 8
 _NOT_QC = {"seconds", "attempts", "frames", "n_frames", "n_frames_registered"}
 _ID = {"session_id", "participant_id", "status", "error", "error_kind", "report", "report_html",
        "report_path", "flags", "stages_run", "stages_cached", "updated"}
@@ -136,7 +139,7 @@ def qc_outliers(sessions: pd.DataFrame, regional: pd.DataFrame | None = None, th
             for m in _metric_columns(reg):
                 mean = reg.groupby("_sid")[m].mean()
                 z[f"mean {m}"] = pd.Series(robust_z(mean), index=mean.index).reindex(z.index)
-                if "region" in reg.columns:
+                if "region" in reg.columns and len(done) >= REGIONAL_OUTLIER_MIN_SESSIONS:
                     wide = reg.pivot_table(index="_sid", columns="region", values=m, aggfunc="mean")
                     rz = wide.apply(lambda col: pd.Series(robust_z(col), index=col.index))
                     for sid, row in rz.iterrows():

@@ -123,3 +123,11 @@ def session_tacs_call(p, labels, pvc, tmp_path):
     return session_tacs(p, labels, [0.0, 60.0], [60.0, 120.0], pvc, 6.0,
                         tmp_path / "sub-01_seg-x_tacs.tsv",
                         tmp_path / f"sub-01_seg-x_desc-pvc{pvc}_tacs.tsv")
+
+
+def test_tac_sanity_ignores_noise_around_zero_before_the_bolus():
+    df = pd.DataFrame({"frame_start": [0.0, 10, 20, 60], "frame_end": [10.0, 20, 60, 120],
+                       "a": [-20.0, 3.0, 4000.0, 3000.0],    # -0.5% of peak: noise
+                       "b": [0.0, -900.0, 4000.0, 3000.0]})  # -22% of peak: a real problem
+    qc = tac_sanity(df)
+    assert qc["regions_with_negatives"] == ["b"] and qc["negative_values"] == 1
