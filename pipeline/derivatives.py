@@ -194,15 +194,17 @@ class Derivatives:
         return folder / datatype / build_name(entities, suffix, extension)
 
     def write_dataset_description(self, version: str, config_hash: str | None = None,
-                                  config: dict | None = None) -> Path:
+                                  config_file: str | None = None) -> Path:
         """Write ``dataset_description.json`` with GeneratedBy (name, version, code revision,
-        config hash)."""
+        config hash, and the effective config's file name relative to the root)."""
         generated = {"Name": "gliaflow", "Version": version}
         rev = code_revision()
         if rev:
             generated["CodeRevision"] = rev
         if config_hash:
             generated["ConfigHash"] = config_hash
+        if config_file:
+            generated["ConfigFile"] = config_file
         desc = {
             "Name": "gliaflow derivatives",
             "BIDSVersion": "1.9.0",

@@ -338,6 +338,22 @@ def _group(plans: list[SessionPlan], config: PipelineConfig, out_dir: Path,
     return table, result
 
 
+CONFIG_FILE = "gliaflow_config.yaml"
+
+
+def write_provenance(out_dir: Path, config: PipelineConfig, specs: Sequence) -> None:
+    """``dataset_description.json`` (GeneratedBy: version, code revision, config hash) and the
+    effective configuration ``OUT_DIR/gliaflow_config.yaml``. Refuses an OUT_DIR inside the
+    input dataset."""
+    from gliaflow.pipeline import __version__
+    from gliaflow.pipeline.config import config_hash, write_effective_config
+    from gliaflow.pipeline.derivatives import Derivatives
+
+    bids = getattr(specs[0], "bids_dir", None) if specs else None
+    write_effective_config(config, out_dir / CONFIG_FILE)
+    Derivatives(out_dir, bids).write_dataset_description(__version__, config_hash(config), CONFIG_FILE)
+
+
 def run_cohort(specs: Sequence, *, stages: Sequence, config: PipelineConfig, out_dir: str | Path,
                work_dir: str | Path | None = None, level: str = "participant",
                invalid: Sequence = (), group_step: GroupStep | None = None,
@@ -381,6 +397,7 @@ def run_cohort(specs: Sequence, *, stages: Sequence, config: PipelineConfig, out
     work_dir = Path(work_dir or ex.work_dir or out_dir / ".gliaflow" / "work").absolute()
     work_dir.mkdir(parents=True, exist_ok=True)
     out_dir.mkdir(parents=True, exist_ok=True)
+    write_provenance(out_dir, config, specs)
     stages = list(stages)
     ledger = Ledger(out_dir)
     for issue in invalid:

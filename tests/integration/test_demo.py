@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import json
 import os
 import shutil
 import subprocess
@@ -61,7 +62,10 @@ def test_demo_completes(demo):
     assert len(ledger) == N_SUBJECTS and set(ledger["status"]) == {"done"}
     assert "Dashboard:" in run.stderr and "Accuracy against the phantom truth" in run.stderr
     assert len(list(deriv.glob("sub-*.html"))) == N_SUBJECTS
-    assert (deriv / "dataset_description.json").is_file()
+    desc = json.loads((deriv / "dataset_description.json").read_text())
+    gen = desc["GeneratedBy"][0]
+    assert desc["DatasetType"] == "derivative" and gen["Name"] == "gliaflow"
+    assert len(gen["ConfigHash"]) == 16 and (deriv / gen["ConfigFile"]).is_file()
 
 
 def test_demo_ran_without_network(demo):

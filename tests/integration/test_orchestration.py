@@ -190,9 +190,10 @@ def test_driver_killed_then_rerun_resumes(tmp_path, api):
     ds = bf.make_dataset(tmp_path / "ds", subjects=("01", "02", "03"))
     (ds / "toy_knobs.json").write_text(json.dumps({"sleep": "sub-03:kinetics:60"}))
     out = tmp_path / "out"
+    # two single-task workers: sub-03 sleeps in kinetics on one while the other finishes the rest
     cmd = [sys.executable, "-m", "gliaflow.workflows", "run", str(ds), str(out), "all",
            "--stages", "test_orchestration_stages:STAGES",
-           "--group-step", "test_orchestration_stages:group_step", "--nprocs", "1", "--quiet"]
+           "--group-step", "test_orchestration_stages:group_step", "--nprocs", "2", "--quiet"]
     env = dict(os.environ)
     proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT)
