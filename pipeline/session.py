@@ -5,6 +5,20 @@ takes a :class:`StageContext` (the session, the config, where to write) and the 
 stages it requires, writes its outputs as BIDS derivatives, and returns a :class:`StageResult`
 (paths + small values). Nothing here knows about Prefect or Dask; a notebook user can run a
 session with :func:`run_session`.
+
+Outputs by stage (keys of ``StageResult.outputs``; the reports and the cohort table read them):
+
+* anat: t1w_preproc, brain_mask, dseg (1 GM, 2 WM, 3 CSF), probseg_gm/_wm/_csf, xfm_affine,
+  xfm_warp, xfm_inverse_warp;
+* pet_motion: pet_hmc (realigned 4-D), petref, motion_tsv (rot_x/y/z rad, trans_x/y/z mm,
+  framewise_displacement mm), xfm_hmc;
+* coreg: xfm_petref_to_t1w (ITK text, T1w point -> PET point);
+* labels_tacs: dseg_t1w, dseg_pet, labels_tsv, ref_<region> masks, volumes_tsv, tacs, tacs_pvc
+  (frame_start, frame_end, one column per region, Bq/mL);
+* kinetics: plasma_tsv, fits_tsv, fit_curves_tsv, fits_pvc_tsv, regional_metrics (region + suv,
+  suvr, vt_1tcm, vt_2tcm, vt_logan, vt_ma1, ... and ``_pvc`` variants), map_<name> (PET space)
+  and map_<name>_mni (template space, 2 mm);
+* report: report_html.
 """
 from __future__ import annotations
 

@@ -59,7 +59,7 @@ _TOOLS = (("gliaflow", "gliaflow"), ("antspyx", "ANTsPy"), ("nibabel", "NiBabel"
           ("scipy", "SciPy"), ("pandas", "pandas"), ("nilearn", "Nilearn"), ("matplotlib", "Matplotlib"),
           ("statsmodels", "statsmodels"), ("prefect", "Prefect"), ("dask", "Dask"), ("nipype", "Nipype"))
 
-# output key -> the stage that produced it (CONTRACTS.md "Stage outputs")
+# output key -> the stage that produced it (the StageResult.outputs keys of gliaflow.pipeline.session)
 _STAGE_KEYS = {
     "anat": ("t1w_preproc", "brain_mask", "dseg", "probseg_gm", "xfm_t1w_to_template"),
     "pet_motion": ("pet_hmc", "petref", "motion_tsv", "xfm_hmc"),

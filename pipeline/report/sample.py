@@ -1,4 +1,4 @@
-"""Small synthetic stage outputs and cohort tables in the documented formats (CONTRACTS.md).
+"""Small synthetic stage outputs and cohort tables in the formats the session stages write (gliaflow.pipeline.session).
 
 Used by the report tests and to preview the reports without running the pipeline
 (``python -m gliaflow.pipeline.report.sample OUT_DIR``). Images are tiny (a few 10^4 voxels) and
@@ -80,7 +80,7 @@ def sample_session(out_dir: str | Path, seed: int = 0, motion_scale: float = 1.0
                    vt: dict[str, float] | None = None, ref_masks_4d: bool = False) -> dict[str, Path]:
     """Write one synthetic session's stage outputs into ``out_dir``; return the outputs mapping.
 
-    Keys follow CONTRACTS.md (t1w_preproc, brain_mask, dseg, petref, pet_hmc, motion_tsv,
+    Keys follow the stage outputs of gliaflow.pipeline.session (t1w_preproc, brain_mask, dseg, petref, pet_hmc, motion_tsv,
     xfm_petref_to_t1w, dseg_pet, labels_tsv, ref_<name> (or one 4D ``ref_masks``), tacs,
     tacs_pvc, plasma_tsv, fits_tsv (the regional parameter table), regional_metrics, map_suvr,
     map_vt_logan, map_suvr_mni). TACs follow a 1TCM with the Feng input (VT per region, K1 0.1

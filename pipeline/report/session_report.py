@@ -1,6 +1,6 @@
 """Per-session HTML QC report: one self-contained file with a figure per processing step.
 
-The report reads the stage outputs by file format (CONTRACTS.md "Stage outputs") from the paths
+The report reads the stage outputs by file format (the StageResult.outputs keys of gliaflow.pipeline.session) from the paths
 it is given. Every section is independent: a missing or unreadable input gives a visible
 "not available" note (and a warning in the report), never an exception.
 """
@@ -204,7 +204,7 @@ def write_session_report(out_html: str | Path, *, session_id: str, sidecar: dict
         The BIDS PET JSON (TracerName, InjectedRadioactivity(+Units), FrameTimesStart and
         FrameDuration in s, ...).
     outputs : dict of str -> path
-        Stage outputs by key (CONTRACTS.md): t1w_preproc, dseg, petref, pet_hmc, motion_tsv,
+        Stage outputs by key (StageResult.outputs of gliaflow.pipeline.session): t1w_preproc, dseg, petref, pet_hmc, motion_tsv,
         xfm_petref_to_t1w, dseg_pet, dseg_t1w, ref_<name> (or ref_masks), tacs, tacs_pvc,
         plasma_tsv, fits_tsv (regional parameter table, or long fitted curves), optional
         fit_curves_tsv (model, region, frame_start, frame_end, measured, fitted; Bq/mL),
