@@ -42,14 +42,19 @@ def main() -> None:
     from gliaflow.pipeline.bids import discover
     from gliaflow.pipeline.config import load_config
     from gliaflow.pipeline.session import SESSION_STAGES, StageContext
-    from gliaflow.pipeline.simulate import simulate_cohort
 
     work = args.work or Path(tempfile.mkdtemp(prefix="gliaflow_bench_session_"))
     bids = work / "bids"
     t0 = time.perf_counter()
     if not (bids / "dataset_description.json").exists():
-        simulate_cohort(bids, n_subjects=1, seed=args.seed, size=args.size)
-    emit(f"simulate_{args.size}_1subject", time.perf_counter() - t0, "s")
+        # in a child process, so this process's peak RSS measures the session alone
+        import subprocess
+        import sys
+
+        subprocess.run([sys.executable, "-c", "import sys; from gliaflow.pipeline.simulate import "
+                        "simulate_cohort; simulate_cohort(sys.argv[1], n_subjects=1, seed=int(sys.argv[2]), "
+                        "size=sys.argv[3])", str(bids), str(args.seed), args.size], check=True)
+        emit(f"simulate_{args.size}_1subject", time.perf_counter() - t0, "s")
     spec = discover(bids, require_blood=True).sessions[0]
     emit("pet_4d_float32", int(np.prod(spec.pet_shape)) * 4 / 2**20, "MiB")
     emit("pet_frames", spec.n_frames, "frames")
