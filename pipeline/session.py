@@ -37,7 +37,7 @@ from .derivatives import Derivatives
 from .errors import ModelError
 
 __all__ = ["StageContext", "StageResult", "Stage", "SESSION_STAGES", "stage_by_name", "run_session",
-           "tidy_metrics", "METRIC_COLUMNS"]
+           "tidy_metrics", "METRIC_COLUMNS", "set_threads"]
 
 
 class StageContext(BaseModel):
@@ -89,7 +89,7 @@ class Stage:
     memory_bytes: Callable[[SessionSpec], int] = field(default=lambda spec: 1 << 30)
 
 
-def _set_threads(n: int) -> None:
+def set_threads(n: int) -> None:
     """Thread counts for ITK/OpenMP/BLAS. ITK reads its variable once, at its first use in a
     process, so this only takes effect before the first stage runs (workers set it at start)."""
     for var in ("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
@@ -461,7 +461,7 @@ def stage_by_name(name: str) -> Stage:
 def run_session(spec: SessionSpec, config: PipelineConfig, out_dir: Path, work_dir: Path,
                 stages: list[Stage] | None = None, n_threads: int = 1) -> dict[str, StageResult]:
     """Run the stages of one session in order, without orchestration (for notebooks and tests)."""
-    _set_threads(n_threads)
+    set_threads(n_threads)
     ctx = StageContext(spec=spec, config=config, out_dir=Path(out_dir), work_dir=Path(work_dir),
                        n_threads=n_threads)
     results: dict[str, StageResult] = {}

@@ -17,14 +17,7 @@ from prefect.cache_policies import NO_CACHE
 
 from .cache import write_manifest
 
-__all__ = ["execute_stage", "stage_task", "set_threads"]
-
-
-def set_threads(n: int) -> None:
-    """Limit ITK / OpenMP / BLAS threads of this process to ``n``."""
-    for var in ("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-                "MKL_NUM_THREADS"):
-        os.environ[var] = str(n)
+__all__ = ["execute_stage", "stage_task"]
 
 
 def execute_stage(func: Callable, stage: str, spec: Any, config: Any, out_dir: str, work_dir: str,
@@ -53,7 +46,7 @@ def execute_stage(func: Callable, stage: str, spec: Any, config: Any, out_dir: s
     dict
         The StageResult as a JSON-able dict, plus ``seconds`` (wall time, s) in ``_meta``.
     """
-    from gliaflow.pipeline.session import StageContext, StageResult
+    from gliaflow.pipeline.session import StageContext, StageResult, set_threads
 
     set_threads(n_threads)
     t0 = time.perf_counter()
