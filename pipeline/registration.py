@@ -285,13 +285,20 @@ def assess_coregistration(
     inp = _prepare(pet_ref_path, t1_path, t1_mask, settings)
     qc = _assess(inp.sampler, np.asarray(matrix, dtype=float), settings, inp.c_t1, inp.radius)
     flags = list(inp.flags)
+    flags += _quality_flags(qc, settings)
+    return {**qc, "initial_offset_mm": inp.initial_offset, "flags": flags}
+
+
+def _quality_flags(qc: dict, settings: RegistrationSettings) -> list[str]:
+    """QC flags of a registration result from its similarity, optimality and brain coverage."""
+    flags = []
     if qc["similarity"] < settings.flag_similarity_below:
         flags.append("low_similarity")
     if qc["optimum_gain"] > settings.optimum_tolerance:
         flags.append("not_at_optimum")
     if qc["brain_coverage"] < settings.min_brain_coverage:
         flags.append("pet_not_covering_brain")
-    return {**qc, "initial_offset_mm": inp.initial_offset, "flags": flags}
+    return flags
 
 
 def _start_rotations(n: int, angle_deg: float) -> list[tuple[float, float, float]]:
@@ -426,12 +433,7 @@ def register_pet_to_t1(
                 and displacement_error(m, results[best][1], bcoords) > settings.check_step_mm):
             flags.append("ambiguous_optimum")
             break
-    if qc["similarity"] < settings.flag_similarity_below:
-        flags.append("low_similarity")
-    if qc["optimum_gain"] > settings.optimum_tolerance:
-        flags.append("not_at_optimum")
-    if qc["brain_coverage"] < settings.min_brain_coverage:
-        flags.append("pet_not_covering_brain")
+    flags += _quality_flags(qc, settings)
     likely_wrong = any(f not in ("large_initial_offset", "nonfinite_values_replaced") for f in flags)
 
     xfm = write_itk_text(matrix, out_xfm)

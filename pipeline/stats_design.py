@@ -409,8 +409,11 @@ def fit_ols(X: np.ndarray, Y: np.ndarray, contrast: np.ndarray, tail: str = "two
                      sigma=np.sqrt(sigma2), df=df, var_factor=v)
 
 
-def fdr_bh(p: np.ndarray) -> np.ndarray:
-    """Benjamini-Hochberg adjusted p values (q values); NaN entries stay NaN and are not counted."""
+def _adjust_finite(p: np.ndarray, adjust_sorted) -> np.ndarray:
+    """Apply a step-wise p adjustment to the finite entries of ``p`` (NaN stay NaN, not counted).
+
+    ``adjust_sorted(p_ascending, m)`` returns the adjusted values in the same (ascending) order.
+    """
     p = np.asarray(p, float)
     out = np.full(p.shape, np.nan)
     ok = np.isfinite(p)
@@ -419,29 +422,20 @@ def fdr_bh(p: np.ndarray) -> np.ndarray:
         return out
     pv = p[ok]
     order = np.argsort(pv)
-    ranked = pv[order] * m / np.arange(1, m + 1)
-    q = np.minimum.accumulate(ranked[::-1])[::-1]
     res = np.empty(m)
-    res[order] = np.minimum(q, 1.0)
+    res[order] = np.minimum(adjust_sorted(pv[order], m), 1.0)
     out[ok] = res
     return out
+
+
+def fdr_bh(p: np.ndarray) -> np.ndarray:
+    """Benjamini-Hochberg adjusted p values (q values); NaN entries stay NaN and are not counted."""
+    return _adjust_finite(p, lambda ps, m: np.minimum.accumulate((ps * m / np.arange(1, m + 1))[::-1])[::-1])
 
 
 def holm(p: np.ndarray) -> np.ndarray:
     """Holm step-down FWER-adjusted p values; NaN entries stay NaN."""
-    p = np.asarray(p, float)
-    out = np.full(p.shape, np.nan)
-    ok = np.isfinite(p)
-    m = int(ok.sum())
-    if m == 0:
-        return out
-    pv = p[ok]
-    order = np.argsort(pv)
-    adj = np.maximum.accumulate(pv[order] * (m - np.arange(m)))
-    res = np.empty(m)
-    res[order] = np.minimum(adj, 1.0)
-    out[ok] = res
-    return out
+    return _adjust_finite(p, lambda ps, m: np.maximum.accumulate(ps * (m - np.arange(m))))
 
 
 def t_to_z(t: np.ndarray, df: int) -> np.ndarray:

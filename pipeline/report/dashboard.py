@@ -12,7 +12,6 @@ similarity only when low (a still head or a sharp registration is not a reason t
 from __future__ import annotations
 
 import os
-import traceback
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -22,7 +21,8 @@ import pandas as pd
 
 from ..derivatives import atomic_write_text
 from . import figures as F
-from .html import badge, esc, figure, flatten, kv_table, page, section, table, unavailable
+from .html import (badge, esc, figure, flatten, guarded_section, kv_table, page, section, table,
+                   unavailable)
 from .methods import group_methods_text, methods_html
 
 __all__ = ["robust_z", "qc_outliers", "sessions_table", "write_cohort_dashboard", "QC_CATEGORIES"]
@@ -341,14 +341,7 @@ def write_cohort_dashboard(out_html: str | Path, *, sessions: pd.DataFrame,
     warns: list[str] = []
 
     def guarded(anchor: str, title_: str, build: Callable[[], str]) -> str:
-        try:
-            content = build()
-        except Exception as exc:  # one broken section must not hide the rest
-            msg = f"{type(exc).__name__}: {exc}"
-            warns.append(f"{title_}: {msg}")
-            content = unavailable(title_, msg) + (
-                f"<details><summary>details</summary><pre>{esc(traceback.format_exc(limit=3))}</pre></details>")
-        return section(anchor, title_, content)
+        return guarded_section(anchor, title_, build, warns)
 
     z, reasons = qc_outliers(sessions, reg, threshold)
     look = {sid: r for sid, r in reasons.items() if r}

@@ -15,6 +15,7 @@ import pandas as pd
 __all__ = [
     "CSS",
     "flatten",
+    "guarded_section",
     "esc",
     "page",
     "section",
@@ -199,3 +200,19 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[key] = v
     return out
+
+
+def guarded_section(anchor: str, title: str, build, warnings: list[str]) -> str:
+    """A report section whose body comes from ``build()``; if building fails, the section says
+    "not available" with the error (traceback folded) and the error is added to ``warnings``, so
+    one broken figure never takes the page down."""
+    import traceback
+
+    try:
+        content = build()
+    except Exception as exc:  # noqa: BLE001 - any failure becomes a visible, explained gap
+        msg = f"{type(exc).__name__}: {exc}"
+        warnings.append(f"{title}: {msg}")
+        content = unavailable(title, msg) + (
+            f"<details><summary>details</summary><pre>{esc(traceback.format_exc(limit=3))}</pre></details>")
+    return section(anchor, title, content)

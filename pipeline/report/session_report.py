@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import traceback
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -18,7 +17,8 @@ import pandas as pd
 
 from ..derivatives import atomic_write_text
 from . import figures as F
-from .html import badge, bullet_list, esc, figure, flatten, kv_table, page, section, table, unavailable
+from .html import (badge, bullet_list, esc, figure, flatten, guarded_section, kv_table, page, section,
+                   table, unavailable)
 from .methods import methods_html, methods_text, stages_from_outputs, tool_versions
 
 __all__ = ["write_session_report", "read_tsv", "reference_masks"]
@@ -237,15 +237,7 @@ def write_session_report(out_html: str | Path, *, session_id: str, sidecar: dict
     sidecar = dict(sidecar or {})
 
     def guarded(anchor: str, title: str, build: Callable[[], str]) -> str:
-        try:
-            content = build()
-        except Exception as exc:  # a section must never take the report down
-            msg = f"{type(exc).__name__}: {exc}"
-            warns.append(f"{title}: {msg}")
-            content = unavailable(title, msg)
-            tb = traceback.format_exc(limit=3)
-            content += f"<details><summary>details</summary><pre>{esc(tb)}</pre></details>"
-        return section(anchor, title, content)
+        return guarded_section(anchor, title, build, warns)
 
     def need(*keys: str) -> list[Path] | None:
         paths = [_existing(outputs, k) for k in keys]
