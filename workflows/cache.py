@@ -123,13 +123,55 @@ def _imports(tree, package: str, only_names: set[str] | None = None) -> set[str]
 
 
 def _module_file(name: str) -> str | None:
+    """Source file of module ``name`` (None when it is not a module, e.g. a function), found
+    from the folders of its nearest loaded parent package, so nothing is imported."""
     import importlib.util
 
-    try:
-        spec = importlib.util.find_spec(name)
-    except (ImportError, ValueError):
-        return None
-    return spec.origin if spec is not None and spec.origin and spec.origin.endswith(".py") else None
+    parts = name.split(".")
+    for i in range(len(parts), 0, -1):
+        mod = sys.modules.get(".".join(parts[:i]))
+        if mod is not None:
+            break
+    else:
+        try:
+            spec = importlib.util.find_spec(parts[0])
+        except (ImportError, ValueError):
+            return None
+        if spec is None:
+            return None
+        i, mod = 1, None
+        dirs = list(spec.submodule_search_locations or [])
+        found = spec.origin
+    if mod is not None:
+        dirs = list(getattr(mod, "__path__", []) or [])
+        found = getattr(mod, "__file__", None)
+    for part in parts[i:]:
+        if not dirs:  # an attribute of a module, not a submodule
+            return None
+        for d in dirs:
+            pkg, single = Path(d) / part / "__init__.py", Path(d) / f"{part}.py"
+            if pkg.is_file():
+                found, dirs = str(pkg), [str(pkg.parent)]
+                break
+            if single.is_file():
+                found, dirs = str(single), []
+                break
+        else:
+            return None
+    return found if found and str(found).endswith(".py") else None
+
+
+_parsed: dict[tuple[str, str, frozenset | None], set[str]] = {}
+
+
+def _file_imports(path: str, package: str, only_names: set[str] | None = None) -> set[str]:
+    """:func:`_imports` of a source file, parsed once per process."""
+    import ast
+
+    k = (path, package, frozenset(only_names) if only_names is not None else None)
+    if k not in _parsed:
+        _parsed[k] = _imports(ast.parse(Path(path).read_text()), package, only_names)
+    return _parsed[k]
 
 
 def code_version(func) -> str:
@@ -168,7 +210,7 @@ def code_files(func) -> set[str]:
     package = mod.__name__ if hasattr(mod, "__path__") else mod.__name__.rpartition(".")[0]
     words = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", fsrc))
     todo = _imports(ast.parse(textwrap.dedent(fsrc)), package)
-    todo |= _imports(ast.parse(Path(src_file).read_text()), package, only_names=words)
+    todo |= _file_imports(src_file, package, only_names=words)
     files = {src_file}
     seen: set[str] = set()
     while todo:
@@ -181,7 +223,7 @@ def code_files(func) -> set[str]:
             continue
         files.add(f)
         pkg = name if f.endswith("__init__.py") else name.rpartition(".")[0]
-        todo |= _imports(ast.parse(Path(f).read_text()), pkg) - seen
+        todo |= _file_imports(f, pkg) - seen
     return files
 
 

@@ -28,6 +28,7 @@ __all__ = ["ClusterProfile", "AdaptiveSpec", "load_profile", "ClusterHandle", "s
 PROFILE_DIR = Path(__file__).resolve().parent.parent / "infrastructure" / "clusters"
 MEMORY_RESOURCE = "MEMORY"
 GiB = 1024 ** 3
+WORKER_PRELOAD = "gliaflow.workflows.worker_setup"  # imports the task engine at worker start
 
 
 class AdaptiveSpec(BaseModel):
@@ -211,7 +212,7 @@ def start_cluster(profile: ClusterProfile, *, nprocs: int | None = None, mem_gb:
             n_workers=n, threads_per_worker=threads, processes=True, memory_limit=mem,
             resources={MEMORY_RESOURCE: mem}, local_directory=scratch,
             dashboard_address="127.0.0.1:0" if profile.dashboard else None,
-            host="127.0.0.1", silence_logs=40)
+            host="127.0.0.1", silence_logs=40, preload=[WORKER_PRELOAD])
         return ClusterHandle(profile, cluster=cluster, worker_memory_bytes=mem)
 
     if kind == "address":
@@ -236,7 +237,8 @@ def start_cluster(profile: ClusterProfile, *, nprocs: int | None = None, mem_gb:
         queue=profile.queue, account=profile.account, cores=profile.cores,
         processes=profile.processes, memory=f"{mem_job}GiB", walltime=profile.walltime,
         job_script_prologue=prologue, job_extra_directives=list(profile.job_extra),
-        worker_extra_args=["--resources", f"{MEMORY_RESOURCE}={mem_worker}"],
+        worker_extra_args=["--resources", f"{MEMORY_RESOURCE}={mem_worker}",
+                           "--preload", WORKER_PRELOAD],
         local_directory=os.path.expandvars(scratch) if profile.local_scratch else scratch,
         log_directory=profile.log_directory or str(work_dir / "dask-jobs"),
         scheduler_options={"dashboard_address": ":0"},

@@ -1,19 +1,21 @@
-"""Prefect flows over Dask: sessions x stages as tasks, resume from manifests, memory escalation.
+"""Prefect flows over Dask: a task per session, a nested task per stage, resume from manifests, memory escalation.
 
 :func:`run_cohort` is the entry point used by ``gliaflow run``:
 
 1. **Plan** (driver, no services): discover nothing itself; for each session compute every
    stage's cache key (:mod:`gliaflow.workflows.cache`) and load the manifests of stages already
    finished with the same key. A fully cached cohort stops here: no Prefect server, no cluster.
-2. **Execute** (a Prefect flow, ``prefect_dask.DaskTaskRunner``): each stage still to run is one
-   Prefect task run on a Dask worker (subject x stage granularity), submitted as soon as its
-   upstream stages are available, with its memory request (``dask.annotate(resources=
-   {"MEMORY": bytes})``, from ``Stage.memory_bytes``). A failing stage fails only its session
-   (the error is kept, :class:`GliaflowError` messages verbatim); other sessions go on. When a
-   worker dies (``KilledWorker``, the scheduler allows 0 silent retries), the task run is marked
-   CRASHED in Prefect and the stage is resubmitted as a new task run with
-   ``memory_escalation`` x more memory, at most ``max_memory_retries`` times. Nothing is left
-   RUNNING: unfinished task runs are marked crashed when the driver stops.
+2. **Execute** (a Prefect flow, ``prefect_dask.DaskTaskRunner``): each session with stages
+   still to run is one ``session`` task run on a Dask worker, with its memory request
+   (``dask.annotate(resources={"MEMORY": bytes})``, the largest ``Stage.memory_bytes`` among
+   its stages to run). It runs those stages in order, each a nested Prefect task run
+   ``<session>:<stage>`` (subject x stage granularity in Prefect, session granularity on Dask:
+   see :mod:`gliaflow.workflows.tasks` for the measured reason). A failing stage fails only its
+   session (the error is kept, :class:`GliaflowError` messages verbatim); other sessions go on.
+   When a worker dies (``KilledWorker``, the scheduler allows 0 silent retries), the session's
+   runs are marked CRASHED in Prefect and the session is resubmitted, from the stage that was
+   running, with ``memory_escalation`` x more memory, at most ``max_memory_retries`` times.
+   Nothing is left RUNNING: unfinished runs are marked crashed when the driver stops.
 3. **Group**: the tidy table ``OUT_DIR/group/regional.tsv`` from the kinetics stage's
    ``regional_metrics`` outputs, then the group step callable.
 4. **Ledger**: ``OUT_DIR/ledger.tsv`` (done / failed / skipped per session).
@@ -57,12 +59,10 @@ class SessionPlan:
     results: dict[str, dict] = field(default_factory=dict)  # finished (cached or run)
     cached: list[str] = field(default_factory=list)
     ran: list[str] = field(default_factory=list)
-    submitted: set = field(default_factory=set)
-    attempts: dict[str, int] = field(default_factory=dict)
+    attempts: dict[str, int] = field(default_factory=dict)  # crashed attempts per stage
     error: str | None = None
     error_kind: str = ""
-    t0: float = 0.0
-    seconds: float = 0.0
+    seconds: float = 0.0  # time in the stages computed in this run
 
     @property
     def session_id(self) -> str:
@@ -126,22 +126,37 @@ def plan_sessions(specs: Iterable, stages: Sequence, config: PipelineConfig, out
     return plans
 
 
-def _error_record(exc: BaseException) -> tuple[str, str]:
-    if isinstance(exc, GliaflowError):
-        return exc.kind, str(exc)
-    return "internal", f"{type(exc).__name__}: {exc}"
-
-
-def _mark_crashed(task_run_ids: Iterable, message: str) -> None:
-    """Set task runs to CRASHED in Prefect (force), ignoring runs the API never saw."""
+def _mark_crashed(task_run_ids: Iterable, message: str, session_ids: Iterable[str] = ()) -> None:
+    """Set task runs to CRASHED in Prefect (force): the given runs, and the unfinished stage
+    runs (``<session_id>:<stage>``) of the given sessions in the current flow run. Runs the
+    API never saw are ignored."""
     ids = [i for i in task_run_ids if i is not None]
-    if not ids:
+    sids = list(session_ids)
+    if not ids and not sids:
         return
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (TaskRunFilter, TaskRunFilterFlowRunId,
+                                                TaskRunFilterName, TaskRunFilterState,
+                                                TaskRunFilterStateType)
+    from prefect.client.schemas.objects import StateType
+    from prefect.client.schemas.sorting import TaskRunSort  # the server rejects no sort
+    from prefect.context import FlowRunContext
     from prefect.states import Crashed
 
+    ctx = FlowRunContext.get()
+    flow_run_id = ctx.flow_run.id if ctx is not None and ctx.flow_run is not None else None
     try:
         with get_client(sync_client=True) as client:
+            if flow_run_id is not None:
+                active = TaskRunFilterState(type=TaskRunFilterStateType(
+                    any_=[StateType.RUNNING, StateType.PENDING, StateType.SCHEDULED]))
+                for sid in sids:
+                    with contextlib.suppress(Exception):
+                        runs = client.read_task_runs(task_run_filter=TaskRunFilter(
+                            flow_run_id=TaskRunFilterFlowRunId(any_=[flow_run_id]),
+                            name=TaskRunFilterName(like_=f"{sid}:"), state=active),
+                            sort=TaskRunSort.EXPECTED_START_TIME_DESC, limit=50)
+                        ids += [r.id for r in runs if r.name.startswith(f"{sid}:")]
             for i in ids:
                 with contextlib.suppress(Exception):
                     client.set_task_run_state(i, Crashed(message=message), force=True)
@@ -179,14 +194,19 @@ def crash_stale_runs() -> int:
 
 
 class _Scheduler:
-    """Submits ready stages to the flow's task runner and reacts to their completion."""
+    """Submits one ``session`` task per session to the flow's task runner and reacts to its end.
+
+    The session task runs the session's unfinished stages in order on one worker (each a nested
+    ``stage`` task run, see :mod:`gliaflow.workflows.tasks`); its memory request is the largest
+    estimate among those stages.
+    """
 
     def __init__(self, plans: list[SessionPlan], stages: Sequence, config: PipelineConfig,
                  out_dir: Path, work_dir: Path, handle: ClusterHandle | None,
                  progress: CohortProgress, ledger: Ledger):
         self.plans = plans
         self.stages = list(stages)
-        self.by_name = {s.name: s for s in stages}
+        self.stage_specs = [(s.name, s.func, tuple(s.requires)) for s in self.stages]
         self.config = config
         self.out_dir = out_dir
         self.work_dir = work_dir
@@ -198,57 +218,61 @@ class _Scheduler:
         self.max_retries = ex.max_memory_retries
         self.n_threads = ex.threads_per_task
         self.meta: dict[str, tuple] = {}
+        self.client = None  # the flow's Dask client, set by run()
+        self.context: dict[str, Any] = {}  # the flow run's serialized Prefect context
         self.submissions = 0
+        self.stage_events: list[tuple[str, str]] = []  # (session, stage) reported by workers
         self.crashes = 0
         self.submit_s = 0.0  # driver time spent submitting task runs (s)
         self._last_ledger = 0.0
 
-    def memory_request(self, plan: SessionPlan, stage) -> int | None:
+    def memory_request(self, plan: SessionPlan) -> int | None:
+        """Bytes to reserve for the session task: the largest estimate of its stages to run,
+        times ``memory_escalation`` per earlier crash of this session, capped at a worker's
+        memory; None when the cluster does not declare the MEMORY resource."""
         if self.handle is None or not self.handle.use_resources:
             return None
-        try:
-            est = int(stage.memory_bytes(plan.spec))
-        except Exception:
-            est = 1 << 30
-        req = int(est * self.escalation ** plan.attempts.get(stage.name, 0))
+        est = 0
+        for st in self.stages:
+            if st.name in plan.results:
+                continue
+            try:
+                est = max(est, int(st.memory_bytes(plan.spec)))
+            except Exception:
+                est = max(est, 1 << 30)
+        req = int(est * self.escalation ** sum(plan.attempts.values()))
         cap = self.handle.worker_memory_bytes
         return min(req, cap) if cap else req
 
-    def submit(self, plan: SessionPlan, stage, ac) -> None:
+    def submit(self, plan: SessionPlan, ac) -> None:
+        """Submit the session task (a Prefect task run executed on a Dask worker)."""
+        import uuid
+
         import dask
 
-        from .tasks import stage_task
+        from .tasks import SessionWork, run_prefect_task, session_task
 
         t0 = time.perf_counter()
-        mem = self.memory_request(plan, stage)
+        mem = self.memory_request(plan)
         ann = {"resources": {MEMORY_RESOURCE: mem}} if mem else {}
-        upstream = {r: {k: v for k, v in plan.results[r].items() if k != "_meta"}
-                    for r in stage.requires}
-        t = stage_task.with_options(name=stage.name,
-                                    task_run_name=f"{plan.session_id}:{stage.name}")
+        work = SessionWork(self.stage_specs, plan.spec, self.config, plan.keys, dict(plan.results))
+        params = {"work": work, "out_dir": str(self.out_dir), "work_dir": str(self.work_dir),
+                  "n_threads": self.n_threads}
+        task_run_id = uuid.uuid4()
         with dask.annotate(**ann):
-            pf = t.submit(func=stage.func, stage=stage.name, spec=plan.spec, config=self.config,
-                          out_dir=str(self.out_dir), work_dir=str(self.work_dir),
-                          key=plan.keys[stage.name], upstream=upstream, n_threads=self.n_threads)
-        plan.submitted.add(stage.name)
+            fut = self.client.submit(run_prefect_task,
+                                     session_task.with_options(task_run_name=plan.session_id),
+                                     task_run_id, params, self.context,
+                                     key=f"session-{plan.session_id}-{task_run_id}", pure=False)
         self.submissions += 1
         self.submit_s += time.perf_counter() - t0
-        fut = pf.wrapped_future
-        self.meta[fut.key] = (plan, stage, pf, mem)
+        self.meta[fut.key] = (plan, task_run_id, fut, mem)
         ac.add(fut)
-        self.progress.stage_started(plan.session_id, stage.name)
-
-    def submit_ready(self, plan: SessionPlan, ac) -> None:
-        if plan.error is not None:
-            return
-        for st in self.stages:
-            if st.name in plan.results or st.name in plan.submitted:
-                continue
-            if all(r in plan.results for r in st.requires):
-                self.submit(plan, st, ac)
 
     def finish(self, plan: SessionPlan, error: tuple[str, str] | None = None) -> None:
-        plan.seconds = time.perf_counter() - plan.t0
+        # time inside this run's stages (queueing for a worker excluded); 0 when all cached
+        plan.seconds = sum(float((plan.results[s].get("_meta") or {}).get("seconds", 0.0))
+                           for s in plan.ran if s in plan.results)
         if error is not None:
             plan.error_kind, plan.error = error
         self.ledger.record(
@@ -263,64 +287,96 @@ class _Scheduler:
             self.ledger.write()
             self._last_ledger = now
 
+    def _record(self, plan: SessionPlan, results: dict[str, dict]) -> None:
+        for name, data in results.items():
+            plan.results[name] = data
+            plan.ran.append(name)
+
+    def _crashed(self, plan: SessionPlan, task_run_id, mem, exc: BaseException, ac) -> None:
+        """The worker died: keep the stages it finished (their manifests), mark the runs
+        crashed, resubmit with more memory or give up."""
+        self.crashes += 1
+        for st in self.stages:  # stages finished before the crash wrote their manifests
+            if st.name not in plan.results:
+                m = load_manifest(self.out_dir, plan.session_id, st.name, plan.keys[st.name])
+                if m is not None:
+                    self._record(plan, {st.name: m})
+        todo = plan.to_run(self.stages)
+        stage = todo[0] if todo else "?"
+        msg = f"worker died running {plan.session_id}:{stage} " \
+              f"(memory request {mem or 0} bytes): {type(exc).__name__}: {exc}"
+        _mark_crashed([task_run_id], msg, session_ids=[plan.session_id])
+        plan.attempts[stage] = plan.attempts.get(stage, 0) + 1
+        if not todo:
+            self.finish(plan)
+        elif sum(plan.attempts.values()) <= self.max_retries:
+            self.progress.print(f"[yellow]{msg}; resubmitting with more memory")
+            self.submit(plan, ac)
+        else:
+            self.finish(plan, ("crashed", msg + f" (gave up after "
+                               f"{sum(plan.attempts.values())} attempts)"))
+
+    def _on_stage(self, event) -> None:
+        """Dask event handler (client thread): a session started a stage."""
+        try:
+            msg = event[1]
+            self.stage_events.append((msg["session"], msg["stage"]))
+            self.progress.stage_started(msg["session"], msg["stage"])
+        except Exception:  # noqa: BLE001 - progress must never break a run
+            pass
+
     def run(self) -> None:
         from distributed import as_completed
 
-        from prefect.context import FlowRunContext
+        from prefect.context import FlowRunContext, serialize_context
 
-        runner = FlowRunContext.get().task_runner
-        ac = as_completed(loop=runner.client.loop)
+        from .tasks import PROGRESS_TOPIC, StageFailed, error_record
+
+        # prefect-dask serialises the Prefect context (the whole settings model) for every
+        # submission (about 0.1 s of driver CPU); it does not change during the flow run, so
+        # the session tasks share one copy
+        self.context = serialize_context()
+        self.client = FlowRunContext.get().task_runner.client
+        ac = as_completed(loop=self.client.loop)
+        with contextlib.suppress(Exception):
+            self.client.subscribe_topic(PROGRESS_TOPIC, self._on_stage)
         try:
             for plan in self.plans:
-                plan.t0 = time.perf_counter()
-                if not plan.to_run(self.stages):
+                if plan.to_run(self.stages):
+                    self.submit(plan, ac)
+                else:
                     self.finish(plan)
-                    continue
-                self.submit_ready(plan, ac)
             for fut in ac:
-                plan, stage, pf, mem = self.meta.pop(fut.key)
-                plan.submitted.discard(stage.name)
+                plan, task_run_id, _, mem = self.meta.pop(fut.key)
                 try:
                     state = fut.result()
                 except Exception as exc:  # KilledWorker, lost connection: the run never reported
-                    self.crashes += 1
-                    msg = f"worker died running {plan.session_id}:{stage.name} " \
-                          f"(memory request {mem or 0} bytes): {type(exc).__name__}: {exc}"
-                    _mark_crashed([pf.task_run_id], msg)
-                    plan.attempts[stage.name] = plan.attempts.get(stage.name, 0) + 1
-                    if plan.attempts[stage.name] <= self.max_retries:
-                        self.progress.print(f"[yellow]{msg}; resubmitting with more memory")
-                        self.submit(plan, stage, ac)
-                    else:
-                        self.finish(plan, ("crashed", msg + f" (gave up after "
-                                           f"{plan.attempts[stage.name]} attempts)"))
+                    self._crashed(plan, task_run_id, mem, exc, ac)
                     continue
                 if state.is_completed():
-                    data = state.result()
-                    plan.results[stage.name] = data
-                    plan.ran.append(stage.name)
-                else:
-                    exc = state.result(raise_on_failure=False)
-                    err = _error_record(exc) if isinstance(exc, BaseException) else \
-                        ("internal", f"{stage.name}: {state.message}")
-                    tb = self.work_dir / plan.session_id / f"{stage.name}.traceback.txt"
-                    if err[0] == "internal" and tb.exists():
-                        err = (err[0], f"{err[1]} (traceback: {tb})")
-                    if plan.error is None:
-                        self.finish(plan, (err[0], f"{stage.name}: {err[1]}"))
-                    continue
-                if plan.error is None and not plan.to_run(self.stages):
+                    self._record(plan, state.result())
                     self.finish(plan)
+                    continue
+                exc = state.result(raise_on_failure=False)
+                if isinstance(exc, StageFailed):
+                    self._record(plan, exc.finished)
+                    err = (exc.kind, f"{exc.stage}: {exc.message}")
+                elif isinstance(exc, BaseException):
+                    err = error_record(exc)
                 else:
-                    self.submit_ready(plan, ac)
+                    err = ("internal", f"session task: {state.message}")
+                self.finish(plan, err)
         finally:
+            with contextlib.suppress(Exception):
+                self.client.unsubscribe_topic(PROGRESS_TOPIC)
             if self.meta:  # interrupted: leave nothing RUNNING
                 leftovers = list(self.meta.values())
                 self.meta.clear()
-                for _, _, pf, _ in leftovers:
+                for _, _, fut, _ in leftovers:
                     with contextlib.suppress(Exception):
-                        pf.wrapped_future.cancel()
-                _mark_crashed([pf.task_run_id for _, _, pf, _ in leftovers], "driver stopped")
+                        fut.cancel()
+                _mark_crashed([t for _, t, _, _ in leftovers], "driver stopped",
+                              session_ids=[p.session_id for p, _, _, _ in leftovers])
 
 
 def _group(plans: list[SessionPlan], config: PipelineConfig, out_dir: Path,
@@ -416,7 +472,6 @@ def run_cohort(specs: Sequence, *, stages: Sequence, config: PipelineConfig, out
         if not todo:  # fully cached: no services needed
             sched = _Scheduler([], stages, config, out_dir, work_dir, None, console_progress, ledger)
             for p in plans:
-                p.t0 = time.perf_counter()
                 sched.finish(p)
         else:
             _execute(plans, stages, config, out_dir, work_dir, profile, handle, console_progress,
@@ -515,6 +570,8 @@ def _execute(plans, stages, config, out_dir, work_dir, profile, handle, progress
         timings["flow_s"] = time.perf_counter() - t2
         info["submissions"] = sched.submissions
         info["crashes"] = sched.crashes
+        info["stage_events"] = list(sched.stage_events)
+        info["flow_run_id"] = state.state_details.flow_run_id
         info["submit_s"] = sched.submit_s
         if state.is_failed() or state.is_crashed():
             exc = state.result(raise_on_failure=False)

@@ -33,8 +33,8 @@ class LedgerRow(BaseModel):
     error: str = ""
     stages_run: str = ""  # comma-separated stages computed in this run
     stages_cached: str = ""  # comma-separated stages reused from the cache
-    seconds: float = 0.0  # wall time of the session in this run (s)
-    attempts: int = 0  # stage submissions (memory escalations included)
+    seconds: float = 0.0  # time spent in the stages computed in this run (s, no queueing)
+    attempts: int = 0  # stage executions (crashed ones included)
     updated: str = ""
 
 

@@ -1,23 +1,59 @@
-"""The Prefect task that runs one processing stage of one session on a Dask worker.
+"""Prefect tasks that run on Dask workers: one ``session`` task per session, whose stages run
+as nested ``stage`` task runs in the same worker process.
 
-The task body is :func:`execute_stage`: it builds the :class:`StageContext`, sets the thread
-count of numerical libraries, runs the stage function, and writes the stage's completion
-manifest (atomically) once every output exists. Results travel back as plain dicts
-(``StageResult.model_dump()``), never as Prefect persisted results.
+Why nested: a task submitted through ``DaskTaskRunner`` costs about 0.15 s of worker and
+driver CPU (Prefect serialises and re-validates its whole settings model for every submission,
+and every worker-side client loads the CA bundle), while a task called inside a running task
+costs a few milliseconds; a Prefect subflow per session costs about 1 s (its heartbeat thread is
+joined at the end). Measured in ``tests/benchmarks/scaling.py``. So the Dask unit is the
+session, and Prefect still records one task run per session x stage (``<session>:<stage>``),
+each a child of its ``session`` task run.
+
+Results travel back as plain dicts (``StageResult.model_dump()``), never as Prefect persisted
+results. Every finished stage writes its manifest (atomically) before the next starts, so a
+session whose worker dies resumes from the stage that was running.
 """
 from __future__ import annotations
 
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from prefect.utilities.annotations import quote
 
 from .cache import write_manifest
 
-__all__ = ["execute_stage", "stage_task"]
+__all__ = ["execute_stage", "stage_task", "run_session", "session_task", "SessionWork", "StageFailed",
+           "error_record", "run_prefect_task", "PROGRESS_TOPIC"]
+
+PROGRESS_TOPIC = "gliaflow-stage"  # Dask event topic: {"session": id, "stage": name}
+
+
+class StageFailed(Exception):
+    """A stage of a session failed; carries the stages the session finished before it.
+
+    Parameters
+    ----------
+    stage : str
+        The stage that failed.
+    kind : str
+        Error kind (``GliaflowError.kind``, or ``internal``).
+    message : str
+        The error message (GliaflowError messages verbatim; otherwise ``Type: message`` plus
+        where the traceback was written).
+    finished : dict
+        Results (dicts) of the stages this task run finished before the failure.
+    """
+
+    def __init__(self, stage: str, kind: str, message: str, finished: dict[str, dict]):
+        self.stage, self.kind, self.message, self.finished = stage, kind, message, finished
+        super().__init__(f"{stage}: {message}")
+
+    def __reduce__(self):  # pickled back to the driver through Dask
+        return (StageFailed, (self.stage, self.kind, self.message, self.finished))
 
 
 def execute_stage(func: Callable, stage: str, spec: Any, config: Any, out_dir: str, work_dir: str,
@@ -86,3 +122,120 @@ def execute_stage(func: Callable, stage: str, spec: Any, config: Any, out_dir: s
 
 stage_task = task(execute_stage, name="stage", persist_result=False, cache_policy=NO_CACHE,
                   retries=0, log_prints=False)
+
+
+def _announce(session_id: str, stage: str) -> None:
+    """Tell the driver (Dask event ``PROGRESS_TOPIC``) which stage a session is in."""
+    try:
+        from distributed import get_worker
+
+        get_worker().log_event(PROGRESS_TOPIC, {"session": session_id, "stage": stage})
+    except ValueError:  # not on a Dask worker
+        pass
+
+
+def error_record(exc: BaseException, tb_file: Path | None = None) -> tuple[str, str]:
+    """(kind, message) for the ledger: GliaflowError kind and message verbatim; anything else is
+    ``internal`` with ``Type: message`` and the traceback file when it was written."""
+    from gliaflow.pipeline.errors import GliaflowError
+
+    if isinstance(exc, GliaflowError):
+        return exc.kind, str(exc)
+    msg = f"{type(exc).__name__}: {exc}"
+    return "internal", f"{msg} (traceback: {tb_file})" if tb_file and tb_file.exists() else msg
+
+
+class SessionWork:
+    """What a session task needs, in a plain object: Prefect walks lists, dicts, dataclasses and
+    pydantic models passed as task parameters looking for futures (and Dask rewrites tuples),
+    which costs tens of milliseconds per submission for a config and a spec.
+
+    Attributes
+    ----------
+    stages : list of (name, func, requires)
+        All stages of the pipeline, in dependency order.
+    spec : SessionSpec
+    config : PipelineConfig
+    keys : dict
+        Cache key of every stage.
+    done : dict
+        Results (dicts) of the stages already finished (cached); they are not rerun.
+    """
+
+    __slots__ = ("stages", "spec", "config", "keys", "done")
+
+    def __init__(self, stages: Sequence[tuple[str, Callable, tuple[str, ...]]], spec: Any,
+                 config: Any, keys: dict[str, str], done: dict[str, dict]):
+        self.stages, self.spec, self.config, self.keys, self.done = stages, spec, config, keys, done
+
+    def __getstate__(self):
+        return {k: getattr(self, k) for k in self.__slots__}
+
+    def __setstate__(self, state):
+        for k, v in state.items():
+            setattr(self, k, v)
+
+    def __repr__(self) -> str:  # what the Prefect UI shows as the parameter
+        return f"SessionWork({self.spec.session_id})"
+
+
+def run_session(work: SessionWork, out_dir: str, work_dir: str, n_threads: int = 1) -> dict[str, dict]:
+    """Run a session's unfinished stages in order, each as a nested ``stage`` task run.
+
+    Parameters
+    ----------
+    work : SessionWork
+        Stages, session, config, cache keys and the results already finished.
+    out_dir, work_dir, n_threads :
+        As for :func:`execute_stage`.
+
+    Returns
+    -------
+    dict
+        Results of the stages run here, by stage name, in the order they ran.
+
+    Raises
+    ------
+    StageFailed
+        When a stage raises; it names the stage and carries the stages finished before it.
+    """
+    spec, config = work.spec, work.config
+    results = {k: {kk: vv for kk, vv in v.items() if kk != "_meta"} for k, v in work.done.items()}
+    ran: dict[str, dict] = {}
+    sid = spec.session_id
+    for name, func, requires in work.stages:
+        if name in results:
+            continue
+        _announce(sid, name)
+        t = stage_task.with_options(name=name, task_run_name=f"{sid}:{name}")
+        try:  # quote(): Prefect need not walk the models looking for futures
+            data = t(func=func, stage=name, spec=quote(spec), config=quote(config),
+                     out_dir=out_dir, work_dir=work_dir, key=work.keys[name],
+                     upstream=quote({r: results[r] for r in requires}), n_threads=n_threads)
+        except Exception as exc:
+            kind, msg = error_record(exc, Path(work_dir) / sid / f"{name}.traceback.txt")
+            raise StageFailed(name, kind, msg, ran) from None
+        ran[name] = data
+        results[name] = {k: v for k, v in data.items() if k != "_meta"}
+    return ran
+
+
+session_task = task(run_session, name="session", persist_result=False, cache_policy=NO_CACHE,
+                    retries=0, log_prints=False)
+
+
+def run_prefect_task(task_obj, task_run_id, parameters: dict[str, Any], context: dict[str, Any]):
+    """Worker side of a submission: run ``task_obj`` as the Prefect task run ``task_run_id``
+    inside the flow run described by ``context`` (``prefect.context.serialize_context()``, taken
+    once per flow run on the driver), as prefect-dask does for each of its submissions.
+
+    Returns
+    -------
+    prefect.State
+        The task run's final state (its result or exception inside).
+    """
+    from prefect.task_engine import run_task_sync
+
+    return run_task_sync(task_obj, task_run_id=task_run_id, parameters=parameters,
+                         context=context, return_type="state",
+                         dependencies={k: set() for k in parameters})

@@ -206,8 +206,9 @@ def sessions_table(ledger: pd.DataFrame | str | Path, qc: Mapping[str, Mapping[s
         raise FileNotFoundError(f"ledger not found: {ledger}")
     df = df.copy()
     if "error_kind" in df.columns and "error" in df.columns:
-        kind = df["error_kind"].fillna("").astype(str)
-        err = df["error"].fillna("").astype(str)
+        # an all-empty column is read as float NaN: cast before filling
+        kind = df["error_kind"].astype(object).fillna("").astype(str)
+        err = df["error"].astype(object).fillna("").astype(str)
         df["error"] = [f"{k}: {e}" if k and e and not e.startswith(k) else (e or k) for k, e in zip(kind, err)]
     flat = {sid: _scalars(v) for sid, v in (qc or {}).items()}
     leaves: dict[str, set[str]] = {}

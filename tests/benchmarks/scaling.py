@@ -5,6 +5,10 @@ Run: ``python tests/benchmarks/scaling.py`` (prints ``name<TAB>value<TAB>unit`` 
 Stages are the small real stages of tests/integration/test_orchestration_stages.py (they read
 the session's NIfTI files and write real outputs atomically); ``cpu_s`` adds pure-Python CPU
 work per stage for the scaling figure, 0 gives the "no-op pipeline" for the overhead figure.
+Overhead = 2 workers x cohort wall time - the stages' own time, i.e. every worker-second not
+spent inside a stage (Prefect task runs, Dask, the driver, the Prefect server competing for
+the 2 cores, flow start and stop), per session; measured at two cohort sizes so the fixed
+per-run part and the marginal per-session part can be told apart.
 """
 from __future__ import annotations
 
@@ -94,28 +98,38 @@ def main() -> None:
             emit("cpu_work_per_cohort", args.sessions * n_stages * args.cpu_s, "s")
             emit("scaling_efficiency_2_workers", walls[1] / (2 * walls[2]) * 100, "%")
 
-            # overhead: no-op pipeline, 2 workers
-            ds0 = make_cohort(tmp / "ds_noop", args.noop_sessions)
-            h = start_cluster(ClusterProfile(kind="local", threads_per_worker=1), nprocs=2,
-                              mem_gb=1.0, work_dir=tmp / "dask_noop")
-            try:
-                wall, o, info = run(ds0, tmp / "out_noop", h, cpu_s=0.0)
-            finally:
-                h.close()
-            stage_s = sum(p.results[s]["_meta"]["seconds"] for p in o.plans for s in p.ran)
-            n_tasks = args.noop_sessions * n_stages
-            emit("noop_cohort_wall", wall, "s")
-            emit("noop_stage_compute_total", stage_s, "s")
-            emit("overhead_per_session_stage", (wall * 2 - stage_s) / n_tasks, "s (2 workers x wall - stage time) / tasks")
-            emit("overhead_per_session", (wall * 2 - stage_s) / args.noop_sessions, "s (all 6 stages)")
-            emit("task_submissions", info.get("submissions", 0), "tasks")
-            emit("driver_submit_time_per_task", info.get("submit_s", 0) / max(1, info.get("submissions", 1)), "s")
-            emit("noop_stage_mean_seconds_on_worker", stage_s / n_tasks, "s")
+            # overhead: no-op pipeline, 2 workers, two cohort sizes (fixed + per-session cost)
+            walls0, over = {}, {}
+            for n in sorted({args.noop_sessions, 3 * args.noop_sessions}):
+                ds0 = make_cohort(tmp / f"ds_noop{n}", n)
+                h = start_cluster(ClusterProfile(kind="local", threads_per_worker=1), nprocs=2,
+                                  mem_gb=1.0, work_dir=tmp / f"dask_noop{n}")
+                try:
+                    wall, o, info = run(ds0, tmp / f"out_noop{n}", h, cpu_s=0.0)
+                finally:
+                    h.close()
+                stage_s = sum(p.results[s]["_meta"]["seconds"] for p in o.plans for s in p.ran)
+                walls0[n], over[n] = wall, wall * 2 - stage_s  # idle or overhead worker-seconds
+                emit(f"noop_cohort_wall_{n}_sessions", wall, "s")
+                emit(f"noop_stage_compute_total_{n}_sessions", stage_s, "s")
+                emit(f"overhead_per_session_{n}_sessions", over[n] / n,
+                     "s (2 workers x wall - stage time) / sessions, all 6 stages")
+                emit(f"overhead_per_session_stage_{n}_sessions", over[n] / (n * n_stages), "s")
+                emit(f"task_submissions_{n}_sessions", info.get("submissions", 0), "session tasks")
+                emit(f"driver_submit_time_per_session_{n}_sessions",
+                     info.get("submit_s", 0) / max(1, info.get("submissions", 1)), "s")
+            n1, n2 = sorted(over)
+            if n2 > n1:
+                emit("marginal_overhead_per_session", (over[n2] - over[n1]) / (n2 - n1),
+                     f"s (slope between {n1} and {n2} sessions)")
+                emit("fixed_overhead_per_run", over[n1] - n1 * (over[n2] - over[n1]) / (n2 - n1),
+                     "worker-s (flow start/stop, first task)")
 
-            # fully cached rerun of the same 20 sessions
+            # fully cached rerun of the same sessions
+            n = args.noop_sessions
             t0 = time.perf_counter()
-            _, o2, _ = run(ds0, tmp / "out_noop", None, cpu_s=0.0)
-            emit("cached_rerun_20_sessions", time.perf_counter() - t0, "s")
+            _, o2, _ = run(tmp / f"ds_noop{n}", tmp / f"out_noop{n}", None, cpu_s=0.0)
+            emit(f"cached_rerun_{n}_sessions", time.perf_counter() - t0, "s")
             assert all(not p.ran for p in o2.plans)
 
         # plan + dry run of a large cohort

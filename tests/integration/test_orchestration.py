@@ -75,9 +75,14 @@ def test_cohort_resume_and_selective_invalidation(tmp_path, cluster, api):
     ds = bf.make_dataset(tmp_path / "ds", subjects=("01", "02", "03", "04"))
     shutil.rmtree(ds / "sub-04" / "anat")  # invalid: no T1w
     out = tmp_path / "out"
-    o1 = _run(ds, out, cluster)
+    info: dict = {}
+    o1 = _run(ds, out, cluster, info=info)
     sids = _sids(ds)
     assert len(o1.done) == 3 and not o1.failed
+    assert info["submissions"] == 3  # one Dask task per session, its stages nested in it
+    # workers report each stage as it starts (Dask events, shown by the progress bar)
+    assert info["stage_events"] and set(info["stage_events"]) <= {
+        (s, st.name) for s in sids for st in ts.STAGES}
     led = read_ledger(out)
     assert {k: r.status for k, r in led.items()} == {
         **{s: "done" for s in sids}, "sub-04_trc-PBR28": "skipped"}
@@ -92,7 +97,15 @@ def test_cohort_resume_and_selective_invalidation(tmp_path, cluster, api):
     assert set(table.participant_id) == {"sub-01", "sub-02", "sub-03"}
     assert (out / "group" / "toy_group.tsv").is_file()
     states = ts.task_run_states(api)
-    assert states.get("RUNNING", 0) == 0 and states.get("COMPLETED", 0) >= 18
+    assert states.get("RUNNING", 0) == 0
+    # in Prefect: a task run per session, and a nested task run per session x stage
+    runs = [r for r in ts.task_runs(api) if r.flow_run_id == info["flow_run_id"]]
+    by_name = {r.name: r for r in runs}
+    assert len(runs) == 3 + 18 and all(r.state.type.value == "COMPLETED" for r in runs)
+    for s in sids:
+        for st in ts.STAGES:
+            parents = dict(by_name[f"{s}:{st.name}"].task_inputs)["__parents__"]
+            assert [p.id for p in parents] == [by_name[s].id]
 
     # rerun: nothing recomputed, no services started
     t0 = time.perf_counter()
@@ -308,14 +321,17 @@ def test_memory_request_escalates_and_is_capped(tmp_path):
     sched = _Scheduler([], ts.STAGES, cfg, tmp_path, tmp_path, handle,
                        CohortProgress(1, enabled=False), Ledger(tmp_path))
     plan = SessionPlan(spec=spec, keys={})
-    st = ts.STAGES[0]  # estimates 64 MiB
-    assert sched.memory_request(plan, st) == 64 << 20
-    plan.attempts[st.name] = 1
-    assert sched.memory_request(plan, st) == 128 << 20
-    plan.attempts[st.name] = 2
-    assert sched.memory_request(plan, st) == 200 << 20  # capped at the worker's memory
+    # the session asks for its largest stage estimate (64 MiB; report alone needs 16 MiB)
+    assert sched.memory_request(plan) == 64 << 20
+    plan.attempts["coreg"] = 1  # one crash of the session
+    assert sched.memory_request(plan) == 128 << 20
+    plan.attempts["labels_tacs"] = 1  # a second crash
+    assert sched.memory_request(plan) == 200 << 20  # capped at the worker's memory
+    plan.results = {st.name: {} for st in ts.STAGES if st.name != "report"}
+    plan.attempts.clear()
+    assert sched.memory_request(plan) == 16 << 20  # only the stages still to run count
     handle.use_resources = False
-    assert sched.memory_request(plan, st) is None
+    assert sched.memory_request(plan) is None
 
 
 def test_code_version_follows_imported_pipeline_modules():

@@ -184,8 +184,8 @@ def shared_prefect_server(home: Path) -> str:
     return url
 
 
-def task_run_states(api_url: str) -> dict[str, int]:
-    """Count of task runs per state type on the server."""
+def task_runs(api_url: str) -> list:
+    """Every task run on the server (prefect TaskRun objects)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.sorting import TaskRunSort
     from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -199,8 +199,13 @@ def task_run_states(api_url: str) -> dict[str, int]:
                 off += len(page)
                 if len(page) < 200:
                     break
+    return runs
+
+
+def task_run_states(api_url: str) -> dict[str, int]:
+    """Count of task runs per state type on the server."""
     out: dict[str, int] = {}
-    for r in runs:
+    for r in task_runs(api_url):
         t = r.state.type.value if r.state else "NONE"
         out[t] = out.get(t, 0) + 1
     return out

@@ -1,0 +1,15 @@
+"""Dask worker preload (``--preload gliaflow.workflows.worker_setup``).
+
+Importing Prefect's task engine and gliaflow's task module takes about a second; doing it while
+the worker starts, rather than inside its first session task, keeps that second out of the
+first session's time (and runs it on all workers at once, while the driver is still starting).
+"""
+from __future__ import annotations
+
+import prefect.task_engine  # noqa: F401
+
+from gliaflow.workflows import tasks  # noqa: F401
+
+
+def dask_setup(worker) -> None:  # noqa: ARG001 - Dask calls it with the worker
+    """Nothing beyond the imports above."""
