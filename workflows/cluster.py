@@ -42,7 +42,8 @@ class AdaptiveSpec(BaseModel):
 class ClusterProfile(BaseModel):
     """A cluster profile (one YAML file).
 
-    Memory in GiB, walltime as the scheduler expects it (``HH:MM:SS`` for SLURM/PBS/SGE).
+    Memory in GiB; walltime as ``HH:MM:SS`` for every scheduler (LSF gets ``HH:MM``, rounded
+    up to the minute).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -62,7 +63,9 @@ class ClusterProfile(BaseModel):
     account: str | None = None
     cores: int = Field(1, ge=1)
     processes: int = Field(1, ge=1)
-    walltime: str | None = "01:00:00"
+    walltime: str | None = Field("01:00:00", pattern=r"^\d+:[0-5]\d:[0-5]\d$")
+    resource_spec: str | None = Field(None, description="SGE: the -l request; default "
+                                      "mem_free=<memory_gb>G")
     adaptive: AdaptiveSpec | None = None
     job_prologue: list[str] = Field(default_factory=list)
     container: str | None = None
@@ -207,6 +210,7 @@ def start_cluster(profile: ClusterProfile, *, nprocs: int | None = None, mem_gb:
         threads = profile.threads_per_worker or 1
         total = psutil.virtual_memory().total
         mem = int((mem_gb or profile.memory_gb or 0.9 * total / GiB / n) * GiB)
+        scratch = os.path.expandvars(scratch)  # this machine is the node
         Path(scratch).mkdir(parents=True, exist_ok=True)
         cluster = LocalCluster(
             n_workers=n, threads_per_worker=threads, processes=True, memory_limit=mem,
@@ -239,7 +243,8 @@ def start_cluster(profile: ClusterProfile, *, nprocs: int | None = None, mem_gb:
         job_script_prologue=prologue, job_extra_directives=list(profile.job_extra),
         worker_extra_args=["--resources", f"{MEMORY_RESOURCE}={mem_worker}",
                            "--preload", WORKER_PRELOAD],
-        local_directory=os.path.expandvars(scratch) if profile.local_scratch else scratch,
+        # node-local scratch such as "$TMPDIR" stays unexpanded: the job's shell expands it
+        local_directory=scratch,
         log_directory=profile.log_directory or str(work_dir / "dask-jobs"),
         scheduler_options={"dashboard_address": ":0"},
     )
@@ -247,9 +252,15 @@ def start_cluster(profile: ClusterProfile, *, nprocs: int | None = None, mem_gb:
         kwargs["python"] = python
     if profile.interface:
         kwargs["interface"] = profile.interface
-    if kind == "lsf":
+    if kind in ("lsf", "sge"):  # both call the account a project (bsub -P, qsub -P)
         kwargs.pop("account")
         kwargs["project"] = profile.account
+    if kind == "lsf" and profile.walltime:  # bsub -W takes [HH:]MM
+        h, m, sec = (int(x) for x in profile.walltime.split(":"))
+        total_min = h * 60 + m + (1 if sec else 0)
+        kwargs["walltime"] = f"{total_min // 60:02d}:{total_min % 60:02d}"
+    if kind == "sge":  # SGE reserves memory only through a resource request
+        kwargs["resource_spec"] = profile.resource_spec or f"mem_free={mem_job:g}G"
     try:
         cluster = classes[kind](**{k: v for k, v in kwargs.items() if v is not None})
     except Exception as exc:  # missing sbatch/qsub/bsub, bad walltime, ...
