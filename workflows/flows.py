@@ -302,14 +302,15 @@ class _Scheduler:
                 if m is not None:
                     self._record(plan, {st.name: m})
         todo = plan.to_run(self.stages)
-        stage = todo[0] if todo else "?"
-        msg = f"worker died running {plan.session_id}:{stage} " \
+        where = f"{plan.session_id}:{todo[0]}" if todo else f"{plan.session_id} (after its last stage)"
+        msg = f"worker died running {where} " \
               f"(memory request {mem or 0} bytes): {type(exc).__name__}: {exc}"
         _mark_crashed([task_run_id], msg, session_ids=[plan.session_id])
-        plan.attempts[stage] = plan.attempts.get(stage, 0) + 1
-        if not todo:
+        if not todo:  # every stage had finished: nothing to redo
             self.finish(plan)
-        elif sum(plan.attempts.values()) <= self.max_retries:
+            return
+        plan.attempts[todo[0]] = plan.attempts.get(todo[0], 0) + 1
+        if sum(plan.attempts.values()) <= self.max_retries:
             self.progress.print(f"[yellow]{msg}; resubmitting with more memory")
             self.submit(plan, ac)
         else:
