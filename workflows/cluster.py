@@ -261,6 +261,11 @@ def start_cluster(profile: ClusterProfile, *, nprocs: int | None = None, mem_gb:
         kwargs["walltime"] = f"{total_min // 60:02d}:{total_min % 60:02d}"
     if kind == "sge":  # SGE reserves memory only through a resource request
         kwargs["resource_spec"] = profile.resource_spec or f"mem_free={mem_job:g}G"
+        # Grid Engine ignores the script's `#!/usr/bin/env bash`: it runs the queue's shell
+        # (/bin/sh on Debian, /bin/csh on stock installs), where bash prologue lines such as
+        # `source env/bin/activate` fail; ask for bash unless the profile names a shell (-S)
+        if not any(x.split()[:1] == ["-S"] for x in profile.job_extra):
+            kwargs["job_extra_directives"] = ["-S /bin/bash"] + kwargs["job_extra_directives"]
     try:
         cluster = classes[kind](**{k: v for k, v in kwargs.items() if v is not None})
     except Exception as exc:  # missing sbatch/qsub/bsub, bad walltime, ...

@@ -17,7 +17,7 @@ EXPECTED = {
     "slurm": ["#SBATCH -p q1", "#SBATCH -A acct7", "#SBATCH -t 01:30:20", "#SBATCH --mem=3G",
               "#SBATCH --cpus-per-task=2"],
     "pbs": ["#PBS -q q1", "#PBS -A acct7", "#PBS -l walltime=01:30:20", "ncpus=2:mem=3072MB"],
-    "sge": ["#$ -q q1", "#$ -P acct7", "#$ -l h_rt=01:30:20", "#$ -l mem_free=3G"],
+    "sge": ["#$ -S /bin/bash", "#$ -q q1", "#$ -P acct7", "#$ -l h_rt=01:30:20", "#$ -l mem_free=3G"],
     "lsf": ["#BSUB -q q1", '#BSUB -P "acct7"', "#BSUB -W 01:31", "#BSUB -n 2"],
 }
 
