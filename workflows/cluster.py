@@ -194,8 +194,9 @@ def start_cluster(profile: ClusterProfile, *, nprocs: int | None = None, mem_gb:
     import dask
 
     dask.config.set(_dask_config())
-    for k, v in _worker_env(env, threads_per_task).items():
-        os.environ[k] = v  # LocalCluster workers inherit the driver's environment
+    # the workers' environment goes to the worker processes (Nanny env) or the job scripts;
+    # the driver's own environment is left alone
+    worker_env = _worker_env(env, threads_per_task)
     work_dir = Path(work_dir).absolute()
     scratch = profile.local_scratch or str(work_dir / "dask")
     kind = profile.kind
@@ -216,7 +217,7 @@ def start_cluster(profile: ClusterProfile, *, nprocs: int | None = None, mem_gb:
             n_workers=n, threads_per_worker=threads, processes=True, memory_limit=mem,
             resources={MEMORY_RESOURCE: mem}, local_directory=scratch,
             dashboard_address="127.0.0.1:0" if profile.dashboard else None,
-            host="127.0.0.1", silence_logs=40, preload=[WORKER_PRELOAD])
+            host="127.0.0.1", silence_logs=40, preload=[WORKER_PRELOAD], env=worker_env)
         return ClusterHandle(profile, cluster=cluster, worker_memory_bytes=mem)
 
     if kind == "address":
@@ -234,7 +235,7 @@ def start_cluster(profile: ClusterProfile, *, nprocs: int | None = None, mem_gb:
                "sge": dask_jobqueue.SGECluster, "lsf": dask_jobqueue.LSFCluster}
     mem_job = float(mem_gb or profile.memory_gb or 4)
     mem_worker = int(mem_job * GiB / profile.processes)
-    prologue = [f"export {k}={shlex.quote(v)}" for k, v in _worker_env(env, threads_per_task).items()]
+    prologue = [f"export {k}={shlex.quote(v)}" for k, v in worker_env.items()]
     prologue += list(profile.job_prologue)
     python = f"{profile.container} python" if profile.container else None
     kwargs: dict[str, Any] = dict(
