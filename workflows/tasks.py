@@ -1,13 +1,13 @@
 """Prefect tasks that run on Dask workers: one ``session`` task per session, whose stages run
 as nested ``stage`` task runs in the same worker process.
 
-Why nested: a task submitted through ``DaskTaskRunner`` costs about 0.15 s of worker and
-driver CPU (Prefect serialises and re-validates its whole settings model for every submission,
-and every worker-side client loads the CA bundle), while a task called inside a running task
-costs a few milliseconds; a Prefect subflow per session costs about 1 s (its heartbeat thread is
-joined at the end). Measured in ``tests/benchmarks/scaling.py``. So the Dask unit is the
-session, and Prefect still records one task run per session x stage (``<session>:<stage>``),
-each a child of its ``session`` task run.
+Why nested (``tests/benchmarks/prefect_costs.py``): a task submitted through prefect-dask's
+``DaskTaskRunner`` costs about 0.05 s of driver CPU (the whole settings model is serialised for
+every submission) plus its worker-side set-up (settings re-validated, TLS contexts built);
+with one per stage that came to 0.2 s per session-stage. A task called inside a running task
+costs about 2 ms, while a Prefect subflow per session costs about 1.1 s (its heartbeat thread
+is joined at the end). So the Dask unit is the session, and Prefect still records one task run
+per session x stage (``<session>:<stage>``), each a child of its ``session`` task run.
 
 Results travel back as plain dicts (``StageResult.model_dump()``), never as Prefect persisted
 results. Every finished stage writes its manifest (atomically) before the next starts, so a
