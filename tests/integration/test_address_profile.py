@@ -42,7 +42,7 @@ def _stop(procs):
 def test_run_on_an_existing_scheduler_and_workers(tmp_path):
     api = ts.shared_prefect_server(tmp_path / "prefect")
     env = dict(os.environ, PREFECT_API_URL=api, DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES="0",
-               PYTHONPATH=os.pathsep.join([str(HERE)] + [p for p in [os.environ.get("PYTHONPATH")] if p]),
+               PYTHONPATH=ts.pythonpath_with_stages(),
                OMP_NUM_THREADS="1", ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS="1")
     sched_file = tmp_path / "scheduler.json"
     bindir = Path(sys.executable).parent

@@ -43,9 +43,8 @@ def _env(api: str, home: Path) -> dict[str, str]:
     stages) tests/integration on PYTHONPATH, which the worker passes to flow runs and they to
     their Dask workers."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    pp = env.get("PYTHONPATH", "")
     env.update(PREFECT_API_URL=api, PREFECT_HOME=str(home), PREFECT_CLI_COLORS="false",
-               COLUMNS="200", PYTHONPATH=os.pathsep.join([str(HERE)] + ([pp] if pp else [])))
+               COLUMNS="200", PYTHONPATH=ts.pythonpath_with_stages(env.get("PYTHONPATH", "")))
     return env
 
 

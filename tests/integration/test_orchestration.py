@@ -38,9 +38,7 @@ os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "1")
 
 @pytest.fixture(scope="module")
 def api(tmp_path_factory):
-    pp = os.environ.get("PYTHONPATH", "")
-    if str(HERE) not in pp.split(os.pathsep):  # workers must import the test stages
-        os.environ["PYTHONPATH"] = os.pathsep.join([str(HERE)] + ([pp] if pp else []))
+    os.environ["PYTHONPATH"] = ts.pythonpath_with_stages()  # workers import the test stages
     return ts.shared_prefect_server(tmp_path_factory.mktemp("prefect"))
 
 

@@ -167,6 +167,46 @@ def failing_group_step(table, config, out_dir):
     raise StatsError("too few subjects in group 'control'", file=table, field="group")
 
 
+HERE = Path(__file__).resolve().parent
+
+
+def pythonpath_with_stages(pythonpath: str | None = None) -> str:
+    """``pythonpath`` (default: this process's PYTHONPATH) with this folder first, so that
+    worker processes and batch jobs can import these stages."""
+    pp = os.environ.get("PYTHONPATH", "") if pythonpath is None else pythonpath
+    parts = [p for p in pp.split(os.pathsep) if p]
+    return os.pathsep.join(parts if str(HERE) in parts else [str(HERE)] + parts)
+
+
+def local_reference(root: Path, subjects=("01", "02")):
+    """A toy dataset under ``root/ds`` run through the local profile (one worker); returns the
+    dataset folder and its ``group/regional.tsv`` as a DataFrame (what other executors must
+    reproduce). Exports PYTHONPATH and PREFECT_API_URL for the processes started later."""
+    from gliaflow.pipeline.bids import discover
+    from gliaflow.pipeline.config import load_config
+    from gliaflow.workflows.flows import run_cohort
+
+    import bidsfactory as bf
+
+    os.environ["PYTHONPATH"] = pythonpath_with_stages()
+    shared_prefect_server(root)
+    ds = bf.make_dataset(root / "ds", subjects=tuple(subjects))
+    cfg = load_config(overrides={"execution.nprocs": 1, "execution.mem_gb": 1.0})
+    o = run_cohort(discover(ds, require_blood=True).sessions, stages=STAGES, config=cfg,
+                   out_dir=root / "local", level="all", profile="local", show_progress=False)
+    assert len(o.done) == len(subjects)
+    return ds, pd.read_csv(root / "local" / "group" / "regional.tsv", sep="\t")
+
+
+def assert_same_outputs(out: Path, ref: pd.DataFrame) -> None:
+    """OUT_DIR's cohort table equals ``ref`` and every ledger row is done."""
+    from gliaflow.workflows.ledger import read_ledger
+
+    pd.testing.assert_frame_equal(pd.read_csv(Path(out) / "group" / "regional.tsv", sep="\t"), ref)
+    rows = read_ledger(out)
+    assert rows and all(r.status == "done" for r in rows.values())
+
+
 _SERVER = {}
 
 

@@ -10,20 +10,17 @@ import sys
 import time
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
-import bidsfactory as bf  # noqa: E402
 import test_orchestration_stages as ts  # noqa: E402
 
 from gliaflow.pipeline.bids import discover  # noqa: E402
 from gliaflow.pipeline.config import load_config  # noqa: E402
 from gliaflow.workflows.cluster import load_profile  # noqa: E402
 from gliaflow.workflows.flows import run_cohort  # noqa: E402
-from gliaflow.workflows.ledger import read_ledger  # noqa: E402
 
 QUEUE = "all.q"
 INSTALLED = shutil.which("qsub") is not None and shutil.which("qstat") is not None
@@ -84,19 +81,9 @@ def cohort(tmp_path_factory):
     if why:
         pytest.skip(f"Grid Engine cannot run jobs in {QUEUE}: {why} "
                     "(run infrastructure/sge/start.sh as root; see `qstat -f`)")
-    pp = os.environ.get("PYTHONPATH", "")
-    if str(HERE) not in pp.split(os.pathsep):  # the toy stages must import in the SGE jobs
-        os.environ["PYTHONPATH"] = os.pathsep.join([str(HERE)] + ([pp] if pp else []))
     root = tmp_path_factory.mktemp("sge")
-    ts.shared_prefect_server(root)
-    ds = bf.make_dataset(root / "ds", subjects=("01", "02"))
-    d = discover(ds, require_blood=True)
-    out = root / "local"
-    cfg = load_config(overrides={"execution.nprocs": 1, "execution.mem_gb": 1.0})
-    o = run_cohort(d.sessions, stages=ts.STAGES, config=cfg, out_dir=out, level="all",
-                   profile="local", show_progress=False)
-    assert len(o.done) == 2
-    return root, ds, pd.read_csv(out / "group" / "regional.tsv", sep="\t")
+    ds, ref = ts.local_reference(root)  # the toy stages must import in the SGE jobs: PYTHONPATH
+    return root, ds, ref
 
 
 def test_sge_profile_workers_are_sge_jobs(cohort):
@@ -111,8 +98,7 @@ def test_sge_profile_workers_are_sge_jobs(cohort):
     o = run_cohort(d.sessions, stages=ts.STAGES, config=cfg, out_dir=out, work_dir=work,
                    level="all", profile=prof, show_progress=False)
     assert len(o.done) == 2 and not o.failed
-    pd.testing.assert_frame_equal(pd.read_csv(out / "group" / "regional.tsv", sep="\t"), ref)
-    assert all(r.status == "done" for r in read_ledger(out).values())
+    ts.assert_same_outputs(out, ref)
     # `-o DIR/ -j y`: Grid Engine names each job's log <job name>.o<job id>
     logs = [p for p in (work / "dask-jobs").glob("*") if re.fullmatch(r".+\.o\d+", p.name)]
     assert logs, "no SGE job logs: workers did not run as SGE jobs"

@@ -10,20 +10,17 @@ import sys
 import time
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
-import bidsfactory as bf  # noqa: E402
 import test_orchestration_stages as ts  # noqa: E402
 
 from gliaflow.pipeline.bids import discover  # noqa: E402
 from gliaflow.pipeline.config import load_config  # noqa: E402
 from gliaflow.workflows.cluster import load_profile  # noqa: E402
 from gliaflow.workflows.flows import run_cohort  # noqa: E402
-from gliaflow.workflows.ledger import read_ledger  # noqa: E402
 
 
 def _partition() -> str | None:
@@ -50,25 +47,9 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
     """A two-subject dataset and its local-run reference outputs."""
-    pp = os.environ.get("PYTHONPATH", "")
-    if str(HERE) not in pp.split(os.pathsep):
-        os.environ["PYTHONPATH"] = os.pathsep.join([str(HERE)] + ([pp] if pp else []))
     root = tmp_path_factory.mktemp("slurm")
-    ts.shared_prefect_server(root)
-    ds = bf.make_dataset(root / "ds", subjects=("01", "02"))
-    d = discover(ds, require_blood=True)
-    out = root / "local"
-    cfg = load_config(overrides={"execution.nprocs": 1, "execution.mem_gb": 1.0})
-    o = run_cohort(d.sessions, stages=ts.STAGES, config=cfg, out_dir=out, level="all",
-                   profile="local", show_progress=False)
-    assert len(o.done) == 2
-    return root, ds, pd.read_csv(out / "group" / "regional.tsv", sep="\t")
-
-
-def _same_outputs(out: Path, ref: pd.DataFrame) -> None:
-    table = pd.read_csv(out / "group" / "regional.tsv", sep="\t")
-    pd.testing.assert_frame_equal(table, ref)
-    assert all(r.status == "done" for r in read_ledger(out).values())
+    ds, ref = ts.local_reference(root)
+    return root, ds, ref
 
 
 def test_slurm_profile_workers_are_slurm_jobs(cohort):
@@ -83,7 +64,7 @@ def test_slurm_profile_workers_are_slurm_jobs(cohort):
     o = run_cohort(d.sessions, stages=ts.STAGES, config=cfg, out_dir=out, work_dir=work,
                    level="all", profile=prof, show_progress=False, info=info)
     assert len(o.done) == 2 and not o.failed
-    _same_outputs(out, ref)
+    ts.assert_same_outputs(out, ref)
     logs = list((work / "dask-jobs").glob("*.out")) + list((work / "dask-jobs").glob("*.err"))
     assert logs, "no SLURM job logs: workers did not run as SLURM jobs"
     pids = {line.split()[1] for f in work.glob("*/runs.log")
@@ -114,5 +95,5 @@ def test_array_jobs_match_local_run(cohort):
         pytest.fail("array jobs did not finish within 300 s")
     logs = "\n".join(p.read_text() for p in (out / ".gliaflow" / "jobs").glob("*.out"))
     assert (out / "group" / "regional.tsv").is_file(), logs[-4000:]
-    _same_outputs(out, ref)
+    ts.assert_same_outputs(out, ref)
     assert (out / "group" / "toy_group.tsv").is_file()
