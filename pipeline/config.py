@@ -21,7 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from .errors import ConfigError
+from gliaflow.pipeline.errors import ConfigError
 
 __all__ = [
     "MotionSettings",
@@ -49,10 +49,17 @@ class _Settings(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
 
 
+#: toolkits behind the engine seam (gliaflow.pipeline.engines); one per step
+EngineName = Literal["ants"]
+_ENGINE_DOC = "Toolkit that runs this step (see gliaflow.pipeline.engines): 'ants' (ANTsPy, embedded)."
+
+
 class MotionSettings(_Settings):
     """Frame realignment (head-motion correction) of the dynamic PET."""
 
-    enabled: bool = True
+    enabled: bool = Field(True, description="False: no frame is registered (identity transforms); "
+                          "the series is still checked and copied, and the reference is made.")
+    engine: EngineName = Field("ants", description=_ENGINE_DOC)
     start_time_s: float = Field(
         120.0, ge=0, description="Frames starting before this time (s from injection) are not "
         "registered; they take the transform of the first registrable frame (PETPrep's rule).")
@@ -79,10 +86,9 @@ class MotionSettings(_Settings):
 
 
 class RegistrationSettings(_Settings):
-    """Rigid PET-to-T1 registration (mutual information)."""
+    """Rigid (6 dof) PET-to-T1 registration (mutual information)."""
 
-    dof: Literal[6] = 6
-    metric: Literal["mattes"] = "mattes"
+    engine: EngineName = Field("ants", description=_ENGINE_DOC)
     n_starts: int = Field(4, ge=1, le=32, description="Initialisations tried (rotations about the "
                           "centre of mass); the best mutual information wins.")
     flag_similarity_below: float = Field(
@@ -120,14 +126,19 @@ class RegistrationSettings(_Settings):
 class SegmentationSettings(_Settings):
     """T1 bias correction, brain extraction, tissue segmentation and normalisation."""
 
+    engine: EngineName = Field("ants", description="Toolkit for bias correction, brain extraction "
+                               "and tissue segmentation: 'ants' (N4, template-based mask, Atropos).")
+    normalization_engine: EngineName = Field("ants", description="Toolkit for the T1w-to-template "
+                                             "registration: 'ants' (affine + SyN).")
     n4: bool = True
     template_resolution_mm: float = Field(2.0, gt=0, le=4, description="Resolution at which the "
                                           "nonlinear T1-to-template registration runs.")
-    transform: Literal["SyN", "SyNOnly", "Affine", "ElasticSyN"] = "SyN"
+    transform: Literal["SyN", "Affine"] = Field(
+        "SyN", description="T1w-to-template transform: 'SyN' (affine then nonlinear) or 'Affine' "
+        "(12 dof only).")
     syn_iterations: list[int] = Field(default_factory=lambda: [40, 20, 10], min_length=1,
                                       description="SyN iterations per level, shrink factors "
                                       "2^(n-1)..1 of the template_resolution_mm grid.")
-    n_tissue_classes: Literal[3] = 3
     prior_weight: float = Field(0.25, ge=0, le=1, description="Weight of template priors in Atropos.")
     n4_fit_resolution_mm: float = Field(6.0, ge=1, le=12, description="Grid spacing (mm) on which "
                                         "N4 fits the bias field (cost ~ 1/spacing^3).")
@@ -309,6 +320,23 @@ class PipelineConfig(BaseSettings):
     report: ReportSettings = Field(default_factory=ReportSettings)
     execution: ExecutionSettings = Field(default_factory=ExecutionSettings)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _engine_for_all_steps(cls, data: Any) -> Any:
+        """A top-level ``engine: NAME`` sets the engine of every step that does not name its own."""
+        if not isinstance(data, dict) or "engine" not in data:
+            return data
+        data = dict(data)
+        name = data.pop("engine")
+        for section, keys in ENGINE_FIELDS.items():
+            sec = data.get(section)
+            sec = dict(sec) if isinstance(sec, dict) else ({} if sec is None else sec)
+            if isinstance(sec, dict):
+                for k in keys:
+                    sec.setdefault(k, name)
+                data[section] = sec
+        return data
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -320,6 +348,13 @@ class PipelineConfig(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings, _FileSource(settings_cls))
 
+
+#: the engine settings of each section (set together by a top-level ``engine:``)
+ENGINE_FIELDS: dict[str, tuple[str, ...]] = {
+    "motion": ("engine",),
+    "registration": ("engine",),
+    "segmentation": ("engine", "normalization_engine"),
+}
 
 STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
     # which config sections each processing stage depends on (for cache keys)
@@ -475,7 +510,7 @@ def stage_hash(cfg: PipelineConfig, stage: str) -> str:
 
 def write_effective_config(cfg: PipelineConfig, path: str | Path) -> Path:
     """Write the effective configuration as YAML (atomically), with its hash in a comment."""
-    from .derivatives import atomic_write_text  # local import: derivatives imports config
+    from gliaflow.pipeline.io.derivatives import atomic_write_text  # local import: derivatives imports config
 
     text = f"# gliaflow effective configuration; config hash {config_hash(cfg)}\n" + yaml.safe_dump(
         cfg.model_dump(mode="json"), sort_keys=False)

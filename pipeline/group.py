@@ -9,8 +9,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .config import PipelineConfig
-from .derivatives import save_nifti
+from gliaflow.pipeline.config import PipelineConfig
+from gliaflow.pipeline.io.derivatives import save_nifti
 
 __all__ = ["find_template_maps", "group_step"]
 
@@ -66,11 +66,11 @@ def group_step(table_path: str | Path, config: PipelineConfig, out_dir: str | Pa
     Returns
     -------
     dict
-        ``paths`` and ``summary`` from :func:`gliaflow.pipeline.stats.run_group_stats`.
+        ``paths`` and ``summary`` from :func:`gliaflow.pipeline.stats.group.run_group_stats`.
     """
-    from . import resources
-    from .atlas import load_atlas
-    from .stats import run_group_stats
+    from gliaflow.pipeline.io import resources
+    from gliaflow.pipeline.regions.atlas import load_atlas
+    from gliaflow.pipeline.stats.group import run_group_stats
 
     out_dir = Path(out_dir)
     st = config.stats

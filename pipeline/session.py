@@ -22,7 +22,6 @@ Outputs by stage (keys of ``StageResult.outputs``; the reports and the cohort ta
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -31,13 +30,15 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from .bids import SessionSpec
-from .config import STAGE_SETTINGS, PipelineConfig
-from .derivatives import Derivatives
-from .errors import ModelError
+from gliaflow.pipeline.config import STAGE_SETTINGS, PipelineConfig
+from gliaflow.pipeline.engines import get_engine
+from gliaflow.pipeline.errors import ModelError
+from gliaflow.pipeline.io.bids import SessionSpec
+from gliaflow.pipeline.io.derivatives import Derivatives
+from gliaflow.pipeline.provenance import ToolCall
 
 __all__ = ["StageContext", "StageResult", "Stage", "SESSION_STAGES", "stage_by_name", "run_session",
-           "tidy_metrics", "METRIC_COLUMNS", "set_threads"]
+           "tidy_metrics", "METRIC_COLUMNS", "GROUP_STEP"]
 
 
 class StageContext(BaseModel):
@@ -49,7 +50,6 @@ class StageContext(BaseModel):
     config: PipelineConfig
     out_dir: Path = Field(description="Derivatives root (BIDS derivatives dataset).")
     work_dir: Path = Field(description="Scratch folder for this session.")
-    n_threads: int = Field(1, ge=1, description="CPU threads this stage may use (ITK/BLAS).")
 
     @property
     def derivatives(self) -> Derivatives:
@@ -65,13 +65,15 @@ class StageContext(BaseModel):
 
 
 class StageResult(BaseModel):
-    """What a stage produced: output paths, small JSON-able values, QC record, flags."""
+    """What a stage produced: output paths, small JSON-able values, QC record, flags, and the
+    tools it called (the only source of the methods text)."""
 
     stage: str
     outputs: dict[str, Path] = Field(default_factory=dict)
     values: dict[str, Any] = Field(default_factory=dict)
     qc: dict[str, Any] = Field(default_factory=dict)
     flags: list[str] = Field(default_factory=list)
+    provenance: list[ToolCall] = Field(default_factory=list)
 
 
 StageFunc = Callable[[StageContext, dict[str, StageResult]], StageResult]
@@ -87,14 +89,6 @@ class Stage:
     settings: tuple[str, ...] = ()
     input_files: Callable[[SessionSpec], list[Path]] = field(default=lambda spec: [])
     memory_bytes: Callable[[SessionSpec], int] = field(default=lambda spec: 1 << 30)
-
-
-def set_threads(n: int) -> None:
-    """Thread counts for ITK/OpenMP/BLAS. ITK reads its variable once, at its first use in a
-    process, so this only takes effect before the first stage runs (workers set it at start)."""
-    for var in ("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-                "MKL_NUM_THREADS"):
-        os.environ[var] = str(n)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -139,13 +133,15 @@ def _work(ctx: StageContext, stage: str) -> Path:
 
 def stage_anat(ctx: StageContext, upstream: dict[str, StageResult]) -> StageResult:
     """T1w: N4, brain mask, GM/WM/CSF segmentation, nonlinear registration to the template."""
-    from .anat import AnatOutputs, process_anat
+    from gliaflow.pipeline.spatial.anatomy import AnatOutputs, process_anat
 
-    spec = ctx.spec
+    spec, seg = ctx.spec, ctx.config.segmentation
     anat_dir = ctx.path("T1w", ".nii.gz", datatype="anat").parent
     outs = AnatOutputs.bids(anat_dir, spec.entities)
-    res = process_anat(spec.t1w, ctx.config.segmentation, outs, n_threads=ctx.n_threads,
-                       work_dir=_work(ctx, "anat"))
+    engine = get_engine(seg.engine)
+    norm_engine = engine if seg.normalization_engine == seg.engine else get_engine(seg.normalization_engine)
+    res = process_anat(spec.t1w, seg, outs, work_dir=_work(ctx, "anat"), engine=engine,
+                       normalization_engine=norm_engine)
     o = res.outputs
     return StageResult(
         stage="anat",
@@ -155,21 +151,23 @@ def stage_anat(ctx: StageContext, upstream: dict[str, StageResult]) -> StageResu
                  "xfm_inverse_warp": o.xfm_inverse_warp},
         values={"anat_result": res.model_dump(mode="json"),
                 "to_template": [str(p) for p in res.to_template], "template": res.template},
-        qc=res.qc, flags=list(res.qc.get("flags", [])))
+        qc=res.qc, flags=list(res.qc.get("flags", [])),
+        provenance=engine.provenance() + (norm_engine.provenance() if norm_engine is not engine else []))
 
 
 def stage_pet_motion(ctx: StageContext, upstream: dict[str, StageResult]) -> StageResult:
     """Frame realignment to a late-frame reference; motion table and per-frame transforms."""
-    from .motion import realign_frames
+    from gliaflow.pipeline.spatial.motion import realign_frames
 
     spec = ctx.spec
+    engine = get_engine(ctx.config.motion.engine)
     res = realign_frames(
         spec.pet, spec.frame_start_s, spec.frame_end_s, ctx.config.motion,
         out_pet=ctx.path("pet", ".nii.gz", desc="preproc"),
         out_motion_tsv=ctx.path("timeseries", ".tsv", desc="hmc"),
         out_xfm_file=ctx.path("xfm", ".txt", from_="orig", to="petref", mode="image", desc="hmc"),
         out_ref=ctx.path("petref", ".nii.gz"),
-        n_threads=ctx.n_threads, work_dir=_work(ctx, "motion"))
+        work_dir=_work(ctx, "motion"), engine=engine)
     return StageResult(
         stage="pet_motion",
         outputs={"pet_hmc": res.pet, "petref": res.reference, "motion_tsv": res.motion_tsv,
@@ -179,19 +177,20 @@ def stage_pet_motion(ctx: StageContext, upstream: dict[str, StageResult]) -> Sta
             "max_displacement_mm": res.max_displacement_mm,
             "n_frames_registered": int(sum(res.registered)), "n_frames": res.n_frames,
             "nonfinite_frames": res.nonfinite_frames, "empty_frames": res.empty_frames},
-        flags=list(res.flags))
+        flags=list(res.flags), provenance=engine.provenance())
 
 
 def stage_coreg(ctx: StageContext, upstream: dict[str, StageResult]) -> StageResult:
     """Rigid PET-reference to T1w registration (mutual information), with a QC score and flag."""
-    from .registration import register_pet_to_t1
+    from gliaflow.pipeline.spatial.registration import register_pet_to_t1
 
     anat, motion = upstream["anat"], upstream["pet_motion"]
+    engine = get_engine(ctx.config.registration.engine)
     res = register_pet_to_t1(
         motion.outputs["petref"], anat.outputs["t1w_preproc"], ctx.config.registration,
         t1_mask=anat.outputs["brain_mask"],
         out_xfm=ctx.path("xfm", ".txt", from_="petref", to="T1w", mode="image"),
-        n_threads=ctx.n_threads, work_dir=_work(ctx, "coreg"))
+        work_dir=_work(ctx, "coreg"), engine=engine)
     flags = list(res.flags) + (["coreg_suspect"] if res.likely_wrong else [])
     return StageResult(
         stage="coreg", outputs={"xfm_petref_to_t1w": res.xfm},
@@ -199,18 +198,18 @@ def stage_coreg(ctx: StageContext, upstream: dict[str, StageResult]) -> StageRes
         qc={"similarity": res.similarity, "brain_coverage": res.brain_coverage,
             "initial_offset_mm": res.initial_offset_mm, "likely_wrong": res.likely_wrong,
             "seconds": res.seconds},
-        flags=flags)
+        flags=flags, provenance=engine.provenance())
 
 
 def stage_labels_tacs(ctx: StageContext, upstream: dict[str, StageResult]) -> StageResult:
     """Atlas, tissue and reference regions in T1w and PET space; regional TACs without/with PVC."""
     import nibabel as nib
 
-    from . import atlas as atl
-    from .anat import AnatResult
-    from .derivatives import save_nifti, write_tsv
-    from .pvc import resolve_psf_fwhm
-    from .tacs import session_tacs
+    from gliaflow.pipeline.regions import atlas as atl
+    from gliaflow.pipeline.spatial.anatomy import AnatResult
+    from gliaflow.pipeline.io.derivatives import save_nifti, write_tsv
+    from gliaflow.pipeline.regions.pvc import resolve_psf_fwhm
+    from gliaflow.pipeline.regions.measure import session_tacs
 
     spec, cfg = ctx.spec, ctx.config
     anat, motion, coreg = upstream["anat"], upstream["pet_motion"], upstream["coreg"]
@@ -218,8 +217,10 @@ def stage_labels_tacs(ctx: StageContext, upstream: dict[str, StageResult]) -> St
     atlas = atl.load_atlas(cfg.atlas)
     seg = atl.atlas_entity(atlas.name)
     petref = motion.outputs["petref"]
+    engine = get_engine("ants")  # applies the ITK transform chains of the anat stage
     labels = atl.session_labels(anat_result, atlas, petref, coreg.outputs["xfm_petref_to_t1w"],
-                                cfg.atlas, ref_resolution_mm=anat_result.template_resolution_mm)
+                                cfg.atlas, ref_resolution_mm=anat_result.template_resolution_mm,
+                                engine=engine)
 
     outputs: dict[str, Path] = {}
     outputs["dseg_t1w"] = save_nifti(labels.partition_t1,
@@ -250,7 +251,7 @@ def stage_labels_tacs(ctx: StageContext, upstream: dict[str, StageResult]) -> St
     qc["volumes_pet_mm3"] = dict(zip(labels.volumes_pet["name"], labels.volumes_pet["volume_mm3"].round(1)))
     flags = [f for part in ("labels", "tacs", "tacs_pvc") for f in qc.get(part, {}).get("flags", [])]
     return StageResult(stage="labels_tacs", outputs=outputs, values={"atlas": atlas.name, "seg": seg},
-                       qc=qc, flags=flags)
+                       qc=qc, flags=flags, provenance=engine.provenance())
 
 
 REFERENCE_COLUMNS = {"whole_brain", "cerebellum_gm", "occipital_cortex"}
@@ -299,13 +300,13 @@ def stage_kinetics(ctx: StageContext, upstream: dict[str, StageResult]) -> Stage
     """Plasma input, regional models (without and with PVC) and voxelwise parametric maps."""
     import nibabel as nib
 
-    from .blood import apply_delay, plasma_input_from_tables
-    from .derivatives import save_nifti, write_tsv
-    from .kinetics.base import Frames
-    from .kinetics.parametric import parametric_maps
-    from .kinetics.regional import (PLASMA_MODELS, curves_table, fit_regional, fit_regional_results,
+    from gliaflow.pipeline.blood.input import apply_delay, plasma_input_from_tables
+    from gliaflow.pipeline.io.derivatives import save_nifti, write_tsv
+    from gliaflow.pipeline.kinetics.base import Frames
+    from gliaflow.pipeline.kinetics.parametric import parametric_maps
+    from gliaflow.pipeline.kinetics.regional import (PLASMA_MODELS, curves_table, fit_regional, fit_regional_results,
                                     results_table)
-    from .spaces import pet_to_template
+    from gliaflow.pipeline.spatial.spaces import pet_to_template
 
     spec, cfg = ctx.spec, ctx.config
     ks = cfg.kinetics
@@ -383,24 +384,25 @@ def stage_kinetics(ctx: StageContext, upstream: dict[str, StageResult]) -> Stage
         arrays = parametric_maps(data, frames, ks, maps=maps, plasma=plasma, ref_tac=ref_tac,
                                  injected_bq=spec.injected_bq, body_weight_kg=weight, mask=mask)
         del data
+        engine = get_engine("ants")  # applies the ITK transform chains of the anat stage
         for name, arr in arrays.items():
             pimg = nib.Nifti1Image(np.asarray(arr, dtype=np.float32), img.affine)
             meas = name.replace("_", "")
             outputs[f"map_{name}"] = save_nifti(pimg, ctx.path("pet", ".nii.gz", space="petref",
                                                                 meas=meas))
             timg = pet_to_template(pimg, coreg.outputs["xfm_petref_to_t1w"],
-                                   anat.values["to_template"], resolution_mm=2.0)
+                                   anat.values["to_template"], resolution_mm=2.0, engine=engine)
             outputs[f"map_{name}_mni"] = save_nifti(
                 timg, ctx.path("pet", ".nii.gz", space=anat.values["template"], res="2", meas=meas))
     return StageResult(stage="kinetics", outputs=outputs,
                        values={"models": models, "maps": maps,
                                "delay_s": float(plasma.delay_s) if plasma is not None else None},
-                       qc=qc, flags=flags)
+                       qc=qc, flags=flags, provenance=engine.provenance() if maps else [])
 
 
 def stage_report(ctx: StageContext, upstream: dict[str, StageResult]) -> StageResult:
     """Self-contained HTML QC report for the session."""
-    from .report.session_report import write_session_report
+    from gliaflow.pipeline.report.session_report import write_session_report
 
     outputs: dict[str, Path] = {}
     qc: dict[str, Any] = {}
@@ -448,7 +450,7 @@ SESSION_STAGES: list[Stage] = [
 
 
 # the cohort flow's group step (statistics on OUT_DIR/group/regional.tsv and template-space maps)
-from .group import group_step as GROUP_STEP  # noqa: E402
+from gliaflow.pipeline.group import group_step as GROUP_STEP  # noqa: E402
 
 
 def stage_by_name(name: str) -> Stage:
@@ -459,11 +461,14 @@ def stage_by_name(name: str) -> Stage:
 
 
 def run_session(spec: SessionSpec, config: PipelineConfig, out_dir: Path, work_dir: Path,
-                stages: list[Stage] | None = None, n_threads: int = 1) -> dict[str, StageResult]:
-    """Run the stages of one session in order, without orchestration (for notebooks and tests)."""
-    set_threads(n_threads)
-    ctx = StageContext(spec=spec, config=config, out_dir=Path(out_dir), work_dir=Path(work_dir),
-                       n_threads=n_threads)
+                stages: list[Stage] | None = None) -> dict[str, StageResult]:
+    """Run the stages of one session in order, without orchestration (for notebooks and tests).
+
+    Toolkit thread counts are process settings (ITK reads its variable once per process); set
+    them before the first stage, e.g. with
+    :func:`gliaflow.workflows.services.worker_setup.set_process_threads`.
+    """
+    ctx = StageContext(spec=spec, config=config, out_dir=Path(out_dir), work_dir=Path(work_dir))
     results: dict[str, StageResult] = {}
     for stage in stages or SESSION_STAGES:
         upstream = {r: results[r] for r in stage.requires}

@@ -1,5 +1,5 @@
 import sys
 
-from gliaflow.workflows.cli import main
+from gliaflow.workflows.cli.main import main
 
 sys.exit(main())

@@ -23,7 +23,7 @@ from typing import Any, Iterable
 
 from gliaflow.pipeline import __version__
 from gliaflow.pipeline.config import PipelineConfig, stage_hash
-from gliaflow.pipeline.derivatives import atomic_write_json
+from gliaflow.pipeline.io.derivatives import atomic_write_json
 
 __all__ = ["FileHasher", "code_version", "settings_hash", "stage_keys", "manifest_path",
            "write_manifest", "load_manifest", "STATE_DIR"]

@@ -11,7 +11,7 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-from gliaflow.pipeline.derivatives import write_tsv
+from gliaflow.pipeline.io.derivatives import write_tsv
 from gliaflow.pipeline.errors import OutputError
 
 __all__ = ["build_regional_table", "ID_COLUMNS"]

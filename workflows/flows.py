@@ -33,11 +33,11 @@ from typing import Any, Callable, Iterable, Sequence
 from gliaflow.pipeline.config import PipelineConfig
 from gliaflow.pipeline.errors import GliaflowError
 
-from .cache import FileHasher, load_manifest, stage_keys
-from .cluster import MEMORY_RESOURCE, ClusterHandle, ClusterProfile, load_profile, start_cluster
-from .cohort_table import build_regional_table
-from .ledger import Ledger
-from .progress import CohortProgress
+from gliaflow.workflows.cache import FileHasher, load_manifest, stage_keys
+from gliaflow.workflows.services.cluster import MEMORY_RESOURCE, ClusterHandle, ClusterProfile, load_profile, start_cluster
+from gliaflow.workflows.cohort_table import build_regional_table
+from gliaflow.workflows.ledger import Ledger
+from gliaflow.workflows.progress import CohortProgress
 
 __all__ = ["SessionPlan", "CohortOutcome", "plan_sessions", "run_cohort", "run_session_flow",
            "TABLE_STAGE", "TABLE_OUTPUT"]
@@ -250,7 +250,7 @@ class _Scheduler:
 
         import dask
 
-        from .tasks import SessionWork, run_prefect_task, session_task
+        from gliaflow.workflows.tasks import SessionWork, run_prefect_task, session_task
 
         t0 = time.perf_counter()
         mem = self.memory_request(plan)
@@ -331,7 +331,7 @@ class _Scheduler:
 
         from prefect.context import FlowRunContext, serialize_context
 
-        from .tasks import PROGRESS_TOPIC, StageFailed, error_record
+        from gliaflow.workflows.tasks import PROGRESS_TOPIC, StageFailed, error_record
 
         # prefect-dask serialises the Prefect context (the whole settings model) for every
         # submission (about 0.05 s of driver CPU); it does not change during the flow run, so
@@ -404,7 +404,7 @@ def write_provenance(out_dir: Path, config: PipelineConfig, specs: Sequence) -> 
     input dataset."""
     from gliaflow.pipeline import __version__
     from gliaflow.pipeline.config import config_hash, write_effective_config
-    from gliaflow.pipeline.derivatives import Derivatives
+    from gliaflow.pipeline.io.derivatives import Derivatives
 
     bids = getattr(specs[0], "bids_dir", None) if specs else None
     write_effective_config(config, out_dir / CONFIG_FILE)
@@ -497,7 +497,7 @@ def run_cohort(specs: Sequence, *, stages: Sequence, config: PipelineConfig, out
     if level != "group" or invalid:
         outcome.ledger_path = ledger.write()
     if level in ("group", "all"):
-        from .reporting import write_dashboard
+        from gliaflow.workflows.reporting import write_dashboard
 
         t0 = time.perf_counter()
         try:
@@ -507,7 +507,7 @@ def run_cohort(specs: Sequence, *, stages: Sequence, config: PipelineConfig, out
         timings["dashboard_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - t_start
     if show_progress and ledger.rows:
-        from .progress import summary_table
+        from gliaflow.workflows.progress import summary_table
 
         console_progress.console.print(summary_table([ledger.rows[k] for k in sorted(ledger.rows)]))
     return outcome
@@ -530,7 +530,7 @@ def _execute(plans, stages, config, out_dir, work_dir, profile, handle, progress
     """Start the Prefect API and the cluster, run the flow, stop what was started."""
     from prefect import flow
 
-    from .prefect_server import prefect_api, quiet_prefect_env
+    from gliaflow.workflows.services.prefect_server import prefect_api, quiet_prefect_env
 
     ex = config.execution
     t0 = time.perf_counter()

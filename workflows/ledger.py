@@ -14,9 +14,9 @@ from typing import Any, Literal
 import pandas as pd
 from pydantic import BaseModel
 
-from gliaflow.pipeline.derivatives import atomic_write_json, write_tsv
+from gliaflow.pipeline.io.derivatives import atomic_write_json, write_tsv
 
-from .cache import STATE_DIR, FileLock
+from gliaflow.workflows.cache import STATE_DIR, FileLock
 
 __all__ = ["LedgerRow", "Ledger", "read_ledger"]
 

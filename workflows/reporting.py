@@ -12,7 +12,7 @@ from typing import Any
 
 from gliaflow.pipeline.config import PipelineConfig
 
-from .cache import STATE_DIR
+from gliaflow.workflows.cache import STATE_DIR
 
 __all__ = ["collect_stage_records", "write_dashboard", "DASHBOARD_QC"]
 

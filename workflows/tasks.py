@@ -24,7 +24,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.utilities.annotations import quote
 
-from .cache import write_manifest
+from gliaflow.workflows.cache import write_manifest
 
 __all__ = ["execute_stage", "stage_task", "run_session", "session_task", "SessionWork", "StageFailed",
            "error_record", "run_prefect_task", "PROGRESS_TOPIC"]
@@ -82,15 +82,15 @@ def execute_stage(func: Callable, stage: str, spec: Any, config: Any, out_dir: s
     dict
         The StageResult as a JSON-able dict, plus ``seconds`` (wall time, s) in ``_meta``.
     """
-    from gliaflow.pipeline.session import StageContext, StageResult, set_threads
+    from gliaflow.pipeline.session import StageContext, StageResult
+    from gliaflow.workflows.services.worker_setup import set_process_threads
 
-    set_threads(n_threads)
+    set_process_threads(n_threads)
     t0 = time.perf_counter()
     wall0 = time.time()
     session_work = Path(work_dir) / spec.session_id
     session_work.mkdir(parents=True, exist_ok=True)
-    ctx = StageContext(spec=spec, config=config, out_dir=Path(out_dir), work_dir=session_work,
-                       n_threads=n_threads)
+    ctx = StageContext(spec=spec, config=config, out_dir=Path(out_dir), work_dir=session_work)
     up = {k: StageResult(**v) for k, v in upstream.items()}
     tb_file = session_work / f"{stage}.traceback.txt"
     try:

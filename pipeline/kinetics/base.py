@@ -11,13 +11,12 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..errors import ModelError
+from gliaflow.pipeline.errors import ModelError
 
 __all__ = [
     "FitResult",
     "Frames",
     "frame_weights",
-    "frame_mean_matrix",
     "FrameAverager",
     "aic",
     "C11_HALF_LIFE_S",
@@ -156,45 +155,6 @@ class Frames(BaseModel):
                 L[j:, j - 1] += g / 2.0
                 L[j:, j] += g / 2.0
         return L
-
-
-def frame_mean_matrix(t_grid_s: np.ndarray, frame_start_s, frame_end_s) -> np.ndarray:
-    """Matrix ``M`` (f x n) with ``M @ curve`` equal to
-    :func:`gliaflow.pipeline.kinetics.forward.frame_mean` of a curve on the uniform grid.
-
-    Parameters
-    ----------
-    t_grid_s : ndarray, shape (n,)
-        Uniform grid starting at 0 (s).
-    frame_start_s, frame_end_s : array_like, shape (f,)
-        Frame boundaries (s) inside the grid.
-    """
-    t = np.asarray(t_grid_s, dtype=float)
-    n = t.size
-    dt = float(t[1] - t[0])
-    fs = np.asarray(frame_start_s, dtype=float)
-    fe = np.asarray(frame_end_s, dtype=float)
-    idx = np.arange(n)
-
-    def cum_row(b: float) -> np.ndarray:
-        # coefficient vector of the trapezoidal cumulative integral at time b (linear in cum)
-        x = np.clip((b - t[0]) / dt, 0, n - 1)
-        k = int(min(np.floor(x), n - 2))
-        a = x - k
-
-        def c(kk: int) -> np.ndarray:
-            v = np.where(idx < kk, dt, 0.0)
-            if kk > 0:
-                v[0] = dt / 2
-                v[kk] = dt / 2
-            return v
-
-        return (1 - a) * c(k) + a * c(k + 1)
-
-    M = np.empty((fs.size, n))
-    for i in range(fs.size):
-        M[i] = (cum_row(fe[i]) - cum_row(fs[i])) / (fe[i] - fs[i])
-    return M
 
 
 class FrameAverager:

@@ -2,7 +2,7 @@
 
 Units: times s, concentrations Bq/mL, K1 mL/cm3/min, k2..k4 1/min, VT mL/cm3, vB fraction,
 delay s. Model curves are frame means of the continuous model
-(:func:`gliaflow.pipeline.kinetics.forward.exp_conv` on the input grid, averaged over each frame),
+(:func:`gliaflow.pipeline.numerics.exp_conv` on the input grid, averaged over each frame),
 so long frames are handled exactly.
 """
 from __future__ import annotations
@@ -14,9 +14,10 @@ from typing import Literal
 import numpy as np
 from scipy.optimize import least_squares
 
-from ..blood import PlasmaInput, shift_curve
-from .base import FitResult, FrameAverager, Frames, aic
-from .forward import multi_exp_conv, tcm_rates
+from gliaflow.pipeline.blood.input import PlasmaInput, shift_curve
+from gliaflow.pipeline.kinetics.base import FitResult, FrameAverager, Frames, aic
+from gliaflow.pipeline.kinetics.forward import tcm_rates
+from gliaflow.pipeline.numerics import multi_exp_conv
 
 __all__ = ["fit_tcm", "TCMModel", "PARAM_UNITS"]
 

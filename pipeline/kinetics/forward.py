@@ -15,20 +15,16 @@ an input that is piecewise-linear between samples (a first-order recursion run b
 """
 from __future__ import annotations
 
-import math
 
 import numpy as np
-from scipy.signal import lfilter
+from gliaflow.pipeline.numerics import exp_conv
 
 __all__ = [
     "feng_input",
     "tcm_rates",
-    "exp_conv",
     "tcm_tissue",
     "frame_mean",
     "tcm_tac",
-    "exp_conv_coeffs",
-    "multi_exp_conv",
 ]
 
 _PER_MIN = 1.0 / 60.0  # 1/min -> 1/s
@@ -95,28 +91,6 @@ def tcm_rates(K1: float, k2: float, k3: float = 0.0, k4: float = 0.0) -> tuple[n
     amp1 = K1 * (k3 + k4 - a1) / (a2 - a1)
     amp2 = K1 * (a2 - k3 - k4) / (a2 - a1)
     return np.array([amp1, amp2]), np.array([a1, a2])
-
-
-def exp_conv(cp: np.ndarray, dt_s: float, rate_per_min: float) -> np.ndarray:
-    """Exact ``integral_0^t cp(s) exp(-rate (t - s)) ds`` for a piecewise-linear ``cp``.
-
-    Parameters
-    ----------
-    cp : ndarray, shape (n,) or (n, m)
-        Input on a uniform grid starting at t = 0 (Bq/mL). Columns are independent inputs.
-    dt_s : float
-        Grid step (s).
-    rate_per_min : float
-        Decay rate (1/min), >= 0.
-
-    Returns
-    -------
-    ndarray
-        The convolution on the same grid, in Bq/mL * min (multiply by an amplitude in 1/min to
-        get Bq/mL).
-    """
-    c1, c0, a1 = _exp_conv_coeffs(dt_s, rate_per_min)
-    return lfilter([c1, c0], [1.0, a1], np.asarray(cp, dtype=float), axis=0)
 
 
 def tcm_tissue(cp: np.ndarray, dt_s: float, K1: float, k2: float, k3: float = 0.0,
@@ -196,52 +170,3 @@ def tcm_tac(frame_start_s, frame_end_s, t_grid_s: np.ndarray, cp_parent_bqml: np
     return frame_mean(t, ct, frame_start_s, frame_end_s)
 
 
-def _exp_conv_coeffs(dt_s: float, rate_per_min: float) -> tuple[float, float, float]:
-    h = dt_s / 60.0
-    b = float(rate_per_min)
-    bh = b * h
-    if bh < 1e-6:
-        i0 = h * (1 - bh / 2)
-        i1 = h * h * (0.5 - bh / 3)
-    else:
-        e = math.exp(-bh)
-        i0 = (1 - e) / b
-        i1 = (1 - e - bh * e) / (b * b)
-    return i0 - i1 / h, i1 / h, -math.exp(-bh)
-
-
-def exp_conv_coeffs(dt_s: float, rate_per_min: float) -> tuple[np.ndarray, np.ndarray]:
-    """IIR filter ``(b, a)`` such that ``lfilter(b, a, cp)`` equals :func:`exp_conv` (Bq/mL*min).
-
-    Parameters as in :func:`exp_conv` (grid step s, rate 1/min).
-    """
-    c1, c0, a1 = _exp_conv_coeffs(dt_s, rate_per_min)
-    return np.array([c1, c0]), np.array([1.0, a1])
-
-
-def _pmul(p: list[float], q: list[float]) -> list[float]:
-    out = [0.0] * (len(p) + len(q) - 1)
-    for i, x in enumerate(p):
-        for j, y in enumerate(q):
-            out[i + j] += x * y
-    return out
-
-
-def multi_exp_conv(cp: np.ndarray, dt_s: float, amps, rates_per_min) -> np.ndarray:
-    """``sum_i amps[i] * exp_conv(cp, dt_s, rates[i])`` in a single IIR filter pass.
-
-    The first-order filters of :func:`exp_conv` are combined into one filter of order
-    ``len(rates)``, so a 2TCM tissue curve costs one ``lfilter`` call. Units as in
-    :func:`exp_conv` times the amplitude units (amplitudes in 1/min give Bq/mL).
-    """
-    num = [0.0]
-    den = [1.0]
-    for amp, rate in zip(amps, rates_per_min):
-        c1, c0, a1 = _exp_conv_coeffs(dt_s, rate)
-        ak = [1.0, a1]
-        t1 = _pmul(num, ak)
-        t2 = _pmul([float(amp) * c1, float(amp) * c0], den)
-        n = max(len(t1), len(t2))
-        num = [(t1[i] if i < len(t1) else 0.0) + (t2[i] if i < len(t2) else 0.0) for i in range(n)]
-        den = _pmul(den, ak)
-    return lfilter(np.array(num), np.array(den), np.asarray(cp, dtype=float), axis=0)

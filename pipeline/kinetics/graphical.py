@@ -13,8 +13,9 @@ import math
 
 import numpy as np
 
-from ..blood import PlasmaInput
-from .base import FitResult, Frames, aic
+from gliaflow.pipeline.blood.input import PlasmaInput
+from gliaflow.pipeline.kinetics.base import FitResult, Frames, aic
+from gliaflow.pipeline.numerics import weighted_sum
 
 __all__ = ["GraphicalDesign", "blood_corrected", "plasma_integral_mid", "tstar_mask", "logan_vt", "ma1_vt", "fit_logan", "fit_ma1"]
 
@@ -44,7 +45,7 @@ def blood_corrected(tacs, frames: Frames, plasma: PlasmaInput, vb: float | None)
     whole-blood frame means (Bq/mL). ``vb`` None or 0 returns ``tacs`` unchanged."""
     if not vb:
         return tacs
-    from .base import FrameAverager
+    from gliaflow.pipeline.kinetics.base import FrameAverager
 
     cb = FrameAverager(plasma.t_s, frames.start_s, frames.end_s)(plasma.whole_blood_bqml)
     return (np.asarray(tacs) - vb * cb.astype(np.asarray(tacs).dtype)) / (1.0 - vb)
@@ -102,11 +103,6 @@ class GraphicalDesign:
                 acc += cj * Y[j]
             out[k] = acc
         return out
-
-
-def _wsum(w: np.ndarray, M: np.ndarray) -> np.ndarray:
-    """``w @ M`` for a small vector ``w`` (k,) and a wide ``M`` (k, V) (einsum: no BLAS gemv)."""
-    return np.einsum("k,kv->v", w, M)
 
 
 def _frames_major(tacs, dtype, frames_major: bool) -> tuple[np.ndarray, bool]:
@@ -175,15 +171,15 @@ def logan_vt(tacs, frames: Frames | None = None, plasma: PlasmaInput | None = No
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         inv = 1.0 / c                    # x = ip * inv, y = it * inv
         S = float(w.sum())
-        Sx = _wsum(wip, inv)
+        Sx = weighted_sum(wip, inv)
         it *= inv                        # it is now the Logan ordinate y
-        Sy = _wsum(w, it)
+        Sy = weighted_sum(w, it)
         if with_r2:
-            Syy = _wsum(w, it * it)
+            Syy = weighted_sum(w, it * it)
         it *= inv
-        Sxy = _wsum(wip, it)
+        Sxy = weighted_sum(wip, it)
         inv *= inv
-        Sxx = _wsum(wip * ip, inv)
+        Sxx = weighted_sum(wip * ip, inv)
         den = S * Sxx - Sx * Sx
         num = S * Sxy - Sx * Sy
         vt = num / den
@@ -221,12 +217,12 @@ def ma1_vt(tacs, frames: Frames | None = None, plasma: PlasmaInput | None = None
     x2 = d.integrals(Y)                                                 # (k, V)
     wx1 = d.w * d.ip
     s11 = float(wx1 @ d.ip)
-    s12 = _wsum(wx1, x2)
-    b1 = _wsum(wx1, c)
+    s12 = weighted_sum(wx1, x2)
+    b1 = weighted_sum(wx1, c)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        b2 = _wsum(d.w, x2 * c)
+        b2 = weighted_sum(d.w, x2 * c)
         x2 *= x2
-        s22 = _wsum(d.w, x2)
+        s22 = weighted_sum(d.w, x2)
         det = s11 * s22 - s12 * s12
         g1 = (s22 * b1 - s12 * b2) / det
         g2 = (s11 * b2 - s12 * b1) / det

@@ -12,13 +12,13 @@ from typing import Iterable
 
 import numpy as np
 
-from ..blood import PlasmaInput
-from ..config import KineticsSettings
-from ..errors import ModelError
-from .base import FrameAverager, Frames, frame_weights
-from .forward import exp_conv
-from .graphical import GraphicalDesign, _wsum, logan_vt, ma1_vt, transpose_blocked, tstar_mask
-from .suv import window_weights
+from gliaflow.pipeline.blood.input import PlasmaInput
+from gliaflow.pipeline.config import KineticsSettings
+from gliaflow.pipeline.errors import ModelError
+from gliaflow.pipeline.kinetics.base import FrameAverager, Frames, frame_weights
+from gliaflow.pipeline.numerics import exp_conv, weighted_sum
+from gliaflow.pipeline.kinetics.graphical import GraphicalDesign, logan_vt, ma1_vt, transpose_blocked, tstar_mask
+from gliaflow.pipeline.kinetics.suv import window_weights
 
 __all__ = ["MAP_NAMES", "basis_1tcm_vt", "BasisSet1TCM", "MapContext", "map_block", "parametric_maps"]
 
@@ -129,9 +129,9 @@ def _map_block(block: np.ndarray, ctx: MapContext) -> np.ndarray:
         Yc *= ctx.dtype(1.0 / (1.0 - ctx.vb))
     for i, m in enumerate(ctx.maps):
         if m == "suv":
-            out[:, i] = _wsum(ctx.win, Y) * ctx.suv_scale
+            out[:, i] = weighted_sum(ctx.win, Y) * ctx.suv_scale
         elif m == "suvr":
-            out[:, i] = _wsum(ctx.win, Y) / ctx.ref_mean
+            out[:, i] = weighted_sum(ctx.win, Y) / ctx.ref_mean
         elif m == "logan":
             out[:, i] = logan_vt(Yc, design=ctx.design, with_r2=False, frames_major=True)[0]
         elif m == "ma1":

@@ -11,8 +11,8 @@ import math
 
 import numpy as np
 
-from .base import FitResult, FrameAverager, Frames, aic
-from .forward import exp_conv
+from gliaflow.pipeline.kinetics.base import FitResult, FrameAverager, Frames, aic
+from gliaflow.pipeline.numerics import exp_conv
 
 __all__ = ["reference_on_grid", "fit_srtm", "fit_mrtm", "fit_mrtm2"]
 

@@ -12,14 +12,14 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-from ..blood import PlasmaInput
-from ..config import KineticsSettings
-from ..errors import ModelError
-from .base import FitResult, Frames, frame_weights
-from .compartment import TCMModel, fit_tcm
-from .graphical import fit_logan, fit_ma1
-from .reftissue import fit_mrtm, fit_mrtm2, fit_srtm
-from .suv import fit_suv, fit_suvr
+from gliaflow.pipeline.blood.input import PlasmaInput
+from gliaflow.pipeline.config import KineticsSettings
+from gliaflow.pipeline.errors import ModelError
+from gliaflow.pipeline.kinetics.base import FitResult, Frames, frame_weights
+from gliaflow.pipeline.kinetics.compartment import TCMModel, fit_tcm
+from gliaflow.pipeline.kinetics.graphical import fit_logan, fit_ma1
+from gliaflow.pipeline.kinetics.reftissue import fit_mrtm, fit_mrtm2, fit_srtm
+from gliaflow.pipeline.kinetics.suv import fit_suv, fit_suvr
 
 __all__ = ["split_tac_table", "table_weights", "fit_regional_results", "fit_regional", "results_table",
            "PLASMA_MODELS", "REFERENCE_MODELS"]

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import ModelError
-from .base import FitResult, Frames
+from gliaflow.pipeline.errors import ModelError
+from gliaflow.pipeline.kinetics.base import FitResult, Frames
 
 __all__ = ["window_weights", "window_mean", "suv", "suvr", "fit_suv", "fit_suvr"]
 

@@ -16,11 +16,11 @@ __all__ = ["write_session_report", "write_cohort_dashboard", "sessions_table"]
 
 def __getattr__(name: str) -> Any:
     if name == "write_session_report":
-        from .session_report import write_session_report
+        from gliaflow.pipeline.report.session_report import write_session_report
 
         return write_session_report
     if name in ("write_cohort_dashboard", "sessions_table"):
-        from . import dashboard
+        from gliaflow.pipeline.report import dashboard
 
         return getattr(dashboard, name)
     raise AttributeError(name)

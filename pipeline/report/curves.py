@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..kinetics.forward import tcm_tac
+from gliaflow.pipeline.kinetics.forward import tcm_tac
 
 __all__ = ["plasma_grid", "tcm_curves", "logan_points", "parameter_summary"]
 

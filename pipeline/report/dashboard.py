@@ -19,11 +19,11 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from ..derivatives import atomic_write_text
-from . import figures as F
-from .html import (badge, esc, figure, flatten, guarded_section, kv_table, page, section, table,
+from gliaflow.pipeline.io.derivatives import atomic_write_text
+from gliaflow.pipeline.report import figures as F
+from gliaflow.pipeline.report.html import (badge, esc, figure, flatten, guarded_section, kv_table, page, section, table,
                    unavailable)
-from .methods import group_methods_text, methods_html
+from gliaflow.pipeline.report.methods import group_methods_text, methods_html
 
 __all__ = ["robust_z", "qc_outliers", "sessions_table", "write_cohort_dashboard", "QC_CATEGORIES"]
 

@@ -102,15 +102,13 @@ def pet_in_t1(petref: str | Path, t1w: str | Path, xfm: str | Path | None = None
     (image, note) : PET resampled on the T1w grid, and a sentence saying how.
     """
     if xfm is not None and Path(xfm).exists():
-        import ants  # local import: ANTsPy is heavy and only needed here
+        from gliaflow.pipeline.spatial.transforms import read_itk_text, resample_world
 
-        fixed = ants.image_read(str(t1w))
-        moving = ants.image_read(str(petref))
-        if moving.dimension == 4:
-            moving = ants.from_nibabel_nifti(mean_3d(load_img(petref)))
-        out = ants.apply_transforms(fixed=fixed, moving=moving, transformlist=[str(xfm)],
-                                    interpolator="linear")
-        return ants.to_nibabel_nifti(out), f"PET reference resampled with {Path(xfm).name}"
+        t1 = load_img(t1w)
+        pet = mean_3d(load_img(petref))
+        data = resample_world(np.asarray(pet.dataobj, dtype=np.float32), pet.affine, t1.shape[:3],
+                              t1.affine, matrix=read_itk_text(xfm)[0], order=1)
+        return nib.Nifti1Image(data, t1.affine), f"PET reference resampled with {Path(xfm).name}"
     from nilearn.image import resample_to_img
 
     with warnings.catch_warnings():

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib.metadata as _md
 from typing import Any, Iterable, Mapping
 
-from .html import esc
+from gliaflow.pipeline.report.html import esc
 
 __all__ = ["REFERENCES", "tool_versions", "stages_from_outputs", "methods_text", "methods_html",
            "group_methods_text"]
@@ -77,7 +77,7 @@ def tool_versions(names: Iterable[tuple[str, str]] = _TOOLS) -> dict[str, str]:
             out[label] = _md.version(dist)
         except _md.PackageNotFoundError:
             if dist == "gliaflow":
-                from .. import __version__
+                from gliaflow.pipeline import __version__
 
                 out[label] = __version__
     return out
@@ -98,7 +98,7 @@ def _get(cfg: Mapping[str, Any], section: str, key: str) -> Any:
     sec = cfg.get(section) or {}
     if isinstance(sec, Mapping) and key in sec:
         return sec[key]
-    from ..config import PipelineConfig
+    from gliaflow.pipeline.config import PipelineConfig
 
     return getattr(getattr(PipelineConfig.model_construct(), section, None), key, None)
 

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from ..derivatives import atomic_write_json, atomic_write_text, save_nifti, write_tsv
+from gliaflow.pipeline.io.derivatives import atomic_write_json, atomic_write_text, save_nifti, write_tsv
 
 __all__ = ["sample_session", "sample_cohort", "SAMPLE_SIDECAR", "REGIONS"]
 
@@ -272,9 +272,9 @@ def sample_voxelwise(out_dir: str | Path) -> dict[str, Any]:
 
 
 if __name__ == "__main__":  # preview: python -m gliaflow.pipeline.report.sample OUT_DIR
-    from .dashboard import write_cohort_dashboard
-    from .session_report import write_session_report
-    from ..config import PipelineConfig
+    from gliaflow.pipeline.report.dashboard import write_cohort_dashboard
+    from gliaflow.pipeline.report.session_report import write_session_report
+    from gliaflow.pipeline.config import PipelineConfig
 
     dest = Path(sys.argv[1] if len(sys.argv) > 1 else "report_preview")
     outs = sample_session(dest / "sub-01")

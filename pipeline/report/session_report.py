@@ -15,11 +15,11 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from ..derivatives import atomic_write_text
-from . import figures as F
-from .html import (badge, bullet_list, esc, figure, flatten, guarded_section, kv_table, page, section,
+from gliaflow.pipeline.io.derivatives import atomic_write_text
+from gliaflow.pipeline.report import figures as F
+from gliaflow.pipeline.report.html import (badge, bullet_list, esc, figure, flatten, guarded_section, kv_table, page, section,
                    table, unavailable)
-from .methods import methods_html, methods_text, stages_from_outputs, tool_versions
+from gliaflow.pipeline.report.methods import methods_html, methods_text, stages_from_outputs, tool_versions
 
 __all__ = ["write_session_report", "read_tsv", "reference_masks"]
 
@@ -354,7 +354,7 @@ def write_session_report(out_html: str | Path, *, session_id: str, sidecar: dict
             t, pl = _existing(outputs, "tacs"), _existing(outputs, "plasma_tsv")
             long = None
             if t is not None and pl is not None:
-                from .curves import tcm_curves
+                from gliaflow.pipeline.report.curves import tcm_curves
 
                 long = F.fits_long(tcm_curves(params, read_tsv(t), read_tsv(pl)))
                 if long.empty:
@@ -380,7 +380,7 @@ def write_session_report(out_html: str | Path, *, session_id: str, sidecar: dict
         if params is not None:
             t, pl = _existing(outputs, "tacs"), _existing(outputs, "plasma_tsv")
             if "logan_VT" in params.columns and t is not None and pl is not None:
-                from .curves import logan_points
+                from gliaflow.pipeline.report.curves import logan_points
 
                 tstar = float((config.get("kinetics") or {}).get("tstar_min", 30.0))
                 pts = logan_points(params, read_tsv(t), read_tsv(pl), tstar)
@@ -390,7 +390,7 @@ def write_session_report(out_html: str | Path, *, session_id: str, sidecar: dict
                     html += figure(F.logan_figure(pts, dpi, chosen), "Logan plots",
                                    f"Logan plots; the line (VT slope) is fitted after t* = {tstar:g} min "
                                    "(filled dots).")
-            from .curves import parameter_summary
+            from gliaflow.pipeline.report.curves import parameter_summary
 
             summ = parameter_summary(params)
             n_bad = int((summ.get("not converged", pd.Series(dtype=str)).fillna("") != "").sum())

@@ -15,7 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import bidsfactory as bf  # noqa: E402
 
-from gliaflow.pipeline.bids import discover  # noqa: E402
+from gliaflow.pipeline.io.bids import discover  # noqa: E402
 
 
 def main() -> None:

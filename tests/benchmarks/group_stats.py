@@ -49,8 +49,8 @@ import pandas as pd  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
 from gliaflow.pipeline.config import StatsSettings  # noqa: E402
-from gliaflow.pipeline.stats_regional import regional_group_stats  # noqa: E402
-from gliaflow.pipeline.stats_voxelwise import permutation_glm  # noqa: E402
+from gliaflow.pipeline.stats.regional import regional_group_stats  # noqa: E402
+from gliaflow.pipeline.stats.voxelwise import permutation_glm  # noqa: E402
 
 
 def emit(name, value, unit):

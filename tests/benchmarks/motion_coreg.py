@@ -45,7 +45,7 @@ def make_phantom(folder: Path, seed: int = 0):
     import nibabel as nib
     from nilearn import datasets
 
-    from gliaflow.pipeline.transforms import params_to_matrix, resample_world
+    from gliaflow.pipeline.spatial.transforms import params_to_matrix, resample_world
 
     rng = np.random.default_rng(seed)
     g, w, a1 = _sim_images(1)
@@ -100,20 +100,18 @@ def _stage(name: str, folder: str, threads: int, args: tuple, queue) -> None:
     t0 = time.perf_counter()
     if name == "motion":
         from gliaflow.pipeline.config import MotionSettings
-        from gliaflow.pipeline.motion import realign_frames
+        from gliaflow.pipeline.spatial.motion import realign_frames
 
         starts, ends = args
         res = realign_frames(folder / "pet.nii.gz", starts, ends, MotionSettings(), folder / "hmc.nii.gz",
-                             folder / "motion.tsv", folder / "hmc_xfm.txt", out_ref=folder / "ref.nii.gz",
-                             n_threads=threads)
+                             folder / "motion.tsv", folder / "hmc_xfm.txt", out_ref=folder / "ref.nii.gz")
         out = {"matrices": res.matrices, "registered": res.registered}
     else:
         from gliaflow.pipeline.config import RegistrationSettings
-        from gliaflow.pipeline.registration import register_pet_to_t1
+        from gliaflow.pipeline.spatial.registration import register_pet_to_t1
 
         res = register_pet_to_t1(folder / "petref.nii.gz", folder / "t1.nii.gz", RegistrationSettings(),
-                                 t1_mask=folder / "mask.nii.gz", out_xfm=folder / "coreg_xfm.txt",
-                                 n_threads=threads)
+                                 t1_mask=folder / "mask.nii.gz", out_xfm=folder / "coreg_xfm.txt")
         out = {"matrix": res.matrix, "similarity": res.similarity, "flags": res.flags}
     wall = time.perf_counter() - t0
     ru = resource.getrusage(resource.RUSAGE_SELF)
@@ -138,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     import nibabel as nib
     from nilearn import datasets
 
-    from gliaflow.pipeline.transforms import displacement_error, mask_world_coords
+    from gliaflow.pipeline.spatial.transforms import displacement_error, mask_world_coords
 
     with tempfile.TemporaryDirectory(prefix="gliaflow_bench_") as tmp:
         folder = Path(tmp)

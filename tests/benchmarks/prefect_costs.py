@@ -99,8 +99,8 @@ def _dask_submissions(address: str) -> dict[str, float]:
 
 
 def main() -> None:
-    from gliaflow.workflows.cluster import ClusterProfile, start_cluster
-    from gliaflow.workflows.prefect_server import prefect_api
+    from gliaflow.workflows.services.cluster import ClusterProfile, start_cluster
+    from gliaflow.workflows.services.prefect_server import prefect_api
 
     import logging
 

@@ -44,7 +44,7 @@ def run(ds: Path, out: Path, handle, cpu_s: float = 0.0):
 
     import test_orchestration_stages as ts
 
-    from gliaflow.pipeline.bids import discover
+    from gliaflow.pipeline.io.bids import discover
     from gliaflow.pipeline.config import load_config
     from gliaflow.workflows.flows import run_cohort
 
@@ -69,9 +69,9 @@ def main() -> None:
 
     import test_orchestration_stages as ts
 
-    from gliaflow.workflows import cli
-    from gliaflow.workflows.cluster import ClusterProfile, start_cluster
-    from gliaflow.workflows.prefect_server import PrefectServer, prefect_api
+    from gliaflow.workflows.cli import main as cli
+    from gliaflow.workflows.services.cluster import ClusterProfile, start_cluster
+    from gliaflow.workflows.services.prefect_server import PrefectServer, prefect_api
 
     n_stages = len(ts.STAGES)
     emit("cpu_count", os.cpu_count() or 0, "cores")

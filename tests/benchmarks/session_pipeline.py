@@ -39,7 +39,7 @@ def main() -> None:
     import numpy as np
     import pandas as pd
 
-    from gliaflow.pipeline.bids import discover
+    from gliaflow.pipeline.io.bids import discover
     from gliaflow.pipeline.config import load_config
     from gliaflow.pipeline.session import SESSION_STAGES, StageContext
 
@@ -51,7 +51,7 @@ def main() -> None:
         import subprocess
         import sys
 
-        subprocess.run([sys.executable, "-c", "import sys; from gliaflow.pipeline.simulate import "
+        subprocess.run([sys.executable, "-c", "import sys; from gliaflow.pipeline.simulate.cohort import "
                         "simulate_cohort; simulate_cohort(sys.argv[1], n_subjects=1, seed=int(sys.argv[2]), "
                         "size=sys.argv[3])", str(bids), str(args.seed), args.size], check=True)
         emit(f"simulate_{args.size}_1subject", time.perf_counter() - t0, "s")
@@ -59,7 +59,7 @@ def main() -> None:
     emit("pet_4d_float32", int(np.prod(spec.pet_shape)) * 4 / 2**20, "MiB")
     emit("pet_frames", spec.n_frames, "frames")
     ctx = StageContext(spec=spec, config=load_config(), out_dir=work / "derivatives",
-                       work_dir=work / "scratch", n_threads=args.threads)
+                       work_dir=work / "scratch")
     results = {}
     t_session = time.perf_counter()
     for st in SESSION_STAGES:

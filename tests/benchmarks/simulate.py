@@ -21,7 +21,7 @@ def main() -> None:
     ap.add_argument("--size", default="default")
     ap.add_argument("--subjects", type=int, default=4)
     args = ap.parse_args()
-    from gliaflow.pipeline.simulate import simulate_cohort
+    from gliaflow.pipeline.simulate.cohort import simulate_cohort
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "bids"

@@ -64,8 +64,8 @@ def make_session(work: Path, seed: int = 7) -> dict:
     from scipy import ndimage
 
     from anat_phantom import make_subject
-    from gliaflow.pipeline import resources
-    from gliaflow.pipeline.transforms import params_to_matrix
+    from gliaflow.pipeline.io import resources
+    from gliaflow.pipeline.spatial.transforms import params_to_matrix
 
     atlas = resources.get_atlas("harvard-oxford")
     ph = make_subject(1.0, seed=seed, atlas_img=atlas.image)
@@ -108,35 +108,33 @@ def make_session(work: Path, seed: int = 7) -> dict:
 # --------------------------------------------------------------------------- stages (children)
 
 def _stage_anat(work: Path, sess: dict, threads: int) -> dict:
-    from gliaflow.pipeline.anat import AnatOutputs, process_anat
+    from gliaflow.pipeline.spatial.anatomy import AnatOutputs, process_anat
     from gliaflow.pipeline.config import SegmentationSettings
 
     out = AnatOutputs.bids(work / "anat", {"sub": "bench"})
-    res = process_anat(sess["t1"], SegmentationSettings(), out, n_threads=threads)
+    res = process_anat(sess["t1"], SegmentationSettings(), out)
     return {"anat": res.model_dump(mode="json"), "timings": res.timings_s}
 
 
 def _stage_motion(work: Path, sess: dict, threads: int) -> dict:
     from gliaflow.pipeline.config import MotionSettings
-    from gliaflow.pipeline.motion import realign_frames
+    from gliaflow.pipeline.spatial.motion import realign_frames
 
     r = realign_frames(sess["pet"], sess["fs"], sess["fe"], MotionSettings(),
                        out_pet=work / "pet_hmc.nii.gz", out_motion_tsv=work / "motion.tsv",
-                       out_xfm_file=work / "hmc_xfm.txt", out_ref=work / "petref.nii.gz",
-                       n_threads=threads)
+                       out_xfm_file=work / "hmc_xfm.txt", out_ref=work / "petref.nii.gz")
     return {"pet": str(r.pet), "ref": str(work / "petref.nii.gz")}
 
 
 def _stage_coreg(work: Path, sess: dict, threads: int, anat: dict, ref: str) -> dict:
     from gliaflow.pipeline.config import RegistrationSettings
-    from gliaflow.pipeline.registration import register_pet_to_t1
-    from gliaflow.pipeline.transforms import displacement_error, mask_world_coords
+    from gliaflow.pipeline.spatial.registration import register_pet_to_t1
+    from gliaflow.pipeline.spatial.transforms import displacement_error, mask_world_coords
     import nibabel as nib
 
     o = anat["outputs"]
     r = register_pet_to_t1(ref, o["t1_preproc"], RegistrationSettings(), t1_mask=o["brain_mask"],
-                           out_xfm=work / "from-petref_to-T1w_mode-image_xfm.txt",
-                           n_threads=threads)
+                           out_xfm=work / "from-petref_to-T1w_mode-image_xfm.txt")
     mask = nib.load(o["brain_mask"])
     coords = mask_world_coords(np.asarray(mask.dataobj), mask.affine, step=4)
     err = displacement_error(np.asarray(r.matrix), sess["xfm_true"], coords)
@@ -146,11 +144,11 @@ def _stage_coreg(work: Path, sess: dict, threads: int, anat: dict, ref: str) -> 
 def _stage_labels_tacs(work: Path, sess: dict, threads: int, anat: dict, pet: str, xfm) -> dict:
     import nibabel as nib
 
-    from gliaflow.pipeline.anat import AnatResult
-    from gliaflow.pipeline.atlas import load_atlas, session_labels
+    from gliaflow.pipeline.spatial.anatomy import AnatResult
+    from gliaflow.pipeline.regions.atlas import load_atlas, session_labels
     from gliaflow.pipeline.config import AtlasSettings, TACSettings
-    from gliaflow.pipeline.pvc import resolve_psf_fwhm
-    from gliaflow.pipeline.tacs import session_tacs
+    from gliaflow.pipeline.regions.pvc import resolve_psf_fwhm
+    from gliaflow.pipeline.regions.tacs import session_tacs
 
     t = time.perf_counter()
     a = AnatResult.model_validate(anat)
@@ -169,7 +167,7 @@ def _stage_labels_tacs(work: Path, sess: dict, threads: int, anat: dict, pet: st
     # Accuracy: late-frame (60-90 min) mean of cortical regions > 5 cm3 (T1w volume) against the
     # phantom's GM TAC (precentral gyri: the hot TAC). Labels are GM-masked, but phantom voxels
     # carry soft GM/WM/CSF fractions, so this is a realistic (not exact) test of the GTM.
-    from gliaflow.pipeline.atlas import is_cortical
+    from gliaflow.pipeline.regions.atlas import is_cortical
 
     truth = _truth(sess["fs"], sess["fe"])
     mid = 0.5 * (sess["fs"] + sess["fe"])
@@ -235,7 +233,7 @@ def _child(q, name, args):
     try:
         res = globals()[name](*args[:1]) if name == "_build" else globals()[name](*args)
         err = None
-    except Exception as exc:  # report and continue with the other stages
+    except Exception:  # report and continue with the other stages
         import traceback
 
         res, err = None, traceback.format_exc()
@@ -286,14 +284,14 @@ def main() -> int:
 
     pet, ref, xfm = str(sess["pet"]), None, sess["xfm_true"]
     try:
-        import gliaflow.pipeline.motion  # noqa: F401
+        import gliaflow.pipeline.spatial.motion  # noqa: F401
         r, walls["pet_motion"], rsss["pet_motion"] = run_stage("_stage_motion", work, sess, th)
         if r is not None:
             pet, ref = r["pet"], r["ref"]
     except ImportError:
         print("# pipeline.motion not importable: motion stage skipped", file=sys.stderr)
     try:
-        import gliaflow.pipeline.registration  # noqa: F401
+        import gliaflow.pipeline.spatial.registration  # noqa: F401
         if ref is not None:
             r, walls["coreg"], rsss["coreg"] = run_stage("_stage_coreg", work, sess, th, anat, ref)
             if r is not None:

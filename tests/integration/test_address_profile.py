@@ -19,7 +19,7 @@ sys.path.insert(0, str(HERE))
 import bidsfactory as bf  # noqa: E402
 import test_orchestration_stages as ts  # noqa: E402
 
-from gliaflow.workflows.cluster import MEMORY_RESOURCE, WORKER_PRELOAD  # noqa: E402
+from gliaflow.workflows.services.cluster import MEMORY_RESOURCE, WORKER_PRELOAD  # noqa: E402
 from gliaflow.workflows.ledger import read_ledger  # noqa: E402
 
 

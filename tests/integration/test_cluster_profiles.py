@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from gliaflow.pipeline.errors import ConfigError
-from gliaflow.workflows.cluster import (WORKER_PRELOAD, AdaptiveSpec, ClusterProfile, load_profile,
+from gliaflow.workflows.services.cluster import (WORKER_PRELOAD, AdaptiveSpec, ClusterProfile, load_profile,
                                         start_cluster)
 
 # scheduler -> lines the script must contain for queue, account, walltime and memory

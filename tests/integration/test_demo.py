@@ -80,7 +80,7 @@ def test_demo_ran_without_network(demo):
 
 
 def test_demo_cohort_table_and_accuracy(demo):
-    from gliaflow.workflows.cmd_demo import truth_check
+    from gliaflow.workflows.cli.demo import truth_check
 
     table = demo["out"] / "derivatives" / "group" / "regional.tsv"
     df = pd.read_csv(table, sep="\t", na_values="n/a")

@@ -22,7 +22,7 @@ sys.path.insert(0, str(HERE))
 import bidsfactory as bf  # noqa: E402
 import test_orchestration_stages as ts  # noqa: E402
 
-from gliaflow.pipeline.bids import discover  # noqa: E402
+from gliaflow.pipeline.io.bids import discover  # noqa: E402
 from gliaflow.workflows.ledger import read_ledger  # noqa: E402
 
 PREFECT = shutil.which("prefect", path=str(Path(sys.executable).parent)) or shutil.which("prefect")

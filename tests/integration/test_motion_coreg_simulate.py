@@ -1,7 +1,7 @@
 """Frame realignment and PET-to-T1 registration on a `gliaflow simulate` session (tiny, 4 mm).
 
 The simulator's truth (derivatives/phantom-truth): H_f maps the reference head pose to frame f
-(PET world RAS mm, same pull convention as gliaflow.pipeline.transforms) and ``inverse`` of
+(PET world RAS mm, same pull convention as gliaflow.pipeline.spatial.transforms) and ``inverse`` of
 _from-pet_to-T1w_xfm.json maps T1w points to PET points in the reference pose. Our realignment
 reference is the mean of late frames, so estimated transforms equal H_f K for an unknown common K;
 frame-to-frame transforms (M_f M_g^-1 vs H_f H_g^-1) and the PET->T1 result corrected by K are
@@ -20,15 +20,15 @@ import numpy as np
 import pytest
 
 from gliaflow.pipeline.config import MotionSettings, RegistrationSettings
-from gliaflow.pipeline.motion import realign_frames
-from gliaflow.pipeline.registration import register_pet_to_t1
-from gliaflow.pipeline.transforms import displacement, displacement_error, mask_world_coords
+from gliaflow.pipeline.spatial.motion import realign_frames
+from gliaflow.pipeline.spatial.registration import register_pet_to_t1
+from gliaflow.pipeline.spatial.transforms import displacement, displacement_error, mask_world_coords
 
 pytestmark = pytest.mark.slow
 
 
 def test_simulated_session(tmp_path):
-    from gliaflow.pipeline.simulate import simulate_cohort
+    from gliaflow.pipeline.simulate.cohort import simulate_cohort
 
     root = simulate_cohort(tmp_path / "bids", n_subjects=1, size="tiny", seed=3)
     ses = root / "sub-01" / "ses-baseline"
@@ -42,7 +42,7 @@ def test_simulated_session(tmp_path):
 
     out = tmp_path / "out"
     res = realign_frames(pet, starts, ends, MotionSettings(), out / "hmc.nii.gz", out / "motion.tsv",
-                         out / "hmc_xfm.txt", out_ref=out / "ref.nii.gz", n_threads=1)
+                         out / "hmc_xfm.txt", out_ref=out / "ref.nii.gz")
     ref_img = nib.load(str(out / "ref.nii.gz"))
     ref = ref_img.get_fdata()
     head = mask_world_coords(ref > 0.3 * ref.max(), ref_img.affine)
@@ -59,7 +59,7 @@ def test_simulated_session(tmp_path):
     k = np.linalg.inv(hg) @ mg  # our reference space -> true reference pose
     expected = np.linalg.inv(k) @ inverse
     co = register_pet_to_t1(out / "ref.nii.gz", t1, RegistrationSettings(), t1_mask=mask,
-                            out_xfm=out / "from-petref_to-T1w_mode-image_xfm.txt", n_threads=1)
+                            out_xfm=out / "from-petref_to-T1w_mode-image_xfm.txt")
     m = nib.load(str(mask))
     brain = mask_world_coords(m.get_fdata() > 0, m.affine)
     assert displacement_error(np.array(co.matrix), expected, brain) < 1.5

@@ -24,11 +24,11 @@ sys.path.insert(0, str(HERE))
 import bidsfactory as bf  # noqa: E402
 import test_orchestration_stages as ts  # noqa: E402
 
-from gliaflow.pipeline.bids import discover  # noqa: E402
+from gliaflow.pipeline.io.bids import discover  # noqa: E402
 from gliaflow.pipeline.config import load_config  # noqa: E402
 from gliaflow.pipeline.errors import ConfigError  # noqa: E402
-from gliaflow.workflows import cli  # noqa: E402
-from gliaflow.workflows.cluster import ClusterProfile, load_profile, start_cluster  # noqa: E402
+from gliaflow.workflows.cli import main as cli  # noqa: E402
+from gliaflow.workflows.services.cluster import ClusterProfile, load_profile, start_cluster  # noqa: E402
 from gliaflow.workflows.flows import run_cohort  # noqa: E402
 from gliaflow.workflows.ledger import read_ledger  # noqa: E402
 
@@ -306,7 +306,7 @@ def test_cli_dry_run_profiles_and_submit_scripts(tmp_path, capsys):
 
 
 def test_memory_request_escalates_and_is_capped(tmp_path):
-    from gliaflow.workflows.cluster import ClusterHandle
+    from gliaflow.workflows.services.cluster import ClusterHandle
     from gliaflow.workflows.flows import SessionPlan, _Scheduler
     from gliaflow.workflows.ledger import Ledger
     from gliaflow.workflows.progress import CohortProgress

@@ -22,7 +22,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from gliaflow.pipeline.derivatives import atomic_path, atomic_write_json, atomic_write_text, write_tsv
+from gliaflow.pipeline.io.derivatives import atomic_path, atomic_write_json, atomic_write_text, write_tsv
 from gliaflow.pipeline.errors import ImageError
 from gliaflow.pipeline.session import Stage, StageResult
 
@@ -182,7 +182,7 @@ def local_reference(root: Path, subjects=("01", "02")):
     """A toy dataset under ``root/ds`` run through the local profile (one worker); returns the
     dataset folder and its ``group/regional.tsv`` as a DataFrame (what other executors must
     reproduce). Exports PYTHONPATH and PREFECT_API_URL for the processes started later."""
-    from gliaflow.pipeline.bids import discover
+    from gliaflow.pipeline.io.bids import discover
     from gliaflow.pipeline.config import load_config
     from gliaflow.workflows.flows import run_cohort
 
@@ -213,7 +213,7 @@ _SERVER = {}
 def shared_prefect_server(home: Path) -> str:
     """One private Prefect server per test process (started once, stopped at exit); sets
     PREFECT_API_URL so that runs and the processes they start use it."""
-    from gliaflow.workflows.prefect_server import PrefectServer
+    from gliaflow.workflows.services.prefect_server import PrefectServer
 
     if "server" not in _SERVER:
         srv = PrefectServer(Path(home) / "prefect").start()

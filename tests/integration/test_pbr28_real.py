@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gliaflow.pipeline.blood import PlasmaInput, plasma_input_from_files
+from gliaflow.pipeline.blood.input import PlasmaInput, plasma_input_from_files
 from gliaflow.pipeline.config import BloodSettings, KineticsSettings
 from gliaflow.pipeline.kinetics.base import Frames
 from gliaflow.pipeline.kinetics.compartment import fit_tcm
@@ -190,7 +190,7 @@ def test_raw_blood_processing_matches_processed(measurements, tmp_path):
 
 
 def test_cli_on_real_measurement(tmp_path):
-    from gliaflow.workflows.cli import main
+    from gliaflow.workflows.cli.main import main
 
     pet = "flfp_1"
     tacs = load_tacs(pet)

@@ -17,9 +17,9 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 import test_orchestration_stages as ts  # noqa: E402
 
-from gliaflow.pipeline.bids import discover  # noqa: E402
+from gliaflow.pipeline.io.bids import discover  # noqa: E402
 from gliaflow.pipeline.config import load_config  # noqa: E402
-from gliaflow.workflows.cluster import load_profile  # noqa: E402
+from gliaflow.workflows.services.cluster import load_profile  # noqa: E402
 from gliaflow.workflows.flows import run_cohort  # noqa: E402
 
 

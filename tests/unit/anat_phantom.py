@@ -22,7 +22,7 @@ def _rot(ax, ay, az):
 
 
 def template_1mm():
-    from gliaflow.pipeline.anat import template_images
+    from gliaflow.pipeline.spatial.anatomy import template_images
 
     return template_images(1.0)
 
@@ -131,8 +131,8 @@ def run_phantom_anat(out_dir, resolution_mm: float = 2.0, seed: int = 1, rot_deg
     (resolution, seed, settings) in this process (shared by test_anat and test_atlas)."""
     from pathlib import Path
 
-    from gliaflow.pipeline import resources
-    from gliaflow.pipeline.anat import AnatOutputs, process_anat
+    from gliaflow.pipeline.io import resources
+    from gliaflow.pipeline.spatial.anatomy import AnatOutputs, process_anat
     from gliaflow.pipeline.config import SegmentationSettings
 
     key = (resolution_mm, seed, tuple(rot_deg), flip_x, repr(sorted(settings_kw.items())))
@@ -147,7 +147,7 @@ def run_phantom_anat(out_dir, resolution_mm: float = 2.0, seed: int = 1, rot_deg
     nib.save(ph["t1"], t1_path)
     settings = SegmentationSettings(**settings_kw)
     outputs = AnatOutputs.bids(out_dir / "anat", {"sub": "phantom"})
-    res = process_anat(t1_path, settings, outputs, n_threads=2)
+    res = process_anat(t1_path, settings, outputs)
     _CACHE[key] = (ph, atlas, res, t1_path)
     return _CACHE[key]
 

@@ -10,7 +10,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from anat_phantom import TEST_PHANTOM, TEST_SETTINGS, run_phantom_anat  # noqa: E402
-from gliaflow.pipeline.anat import check_t1  # noqa: E402
+from gliaflow.pipeline.spatial.anatomy import check_t1  # noqa: E402
 from gliaflow.pipeline.errors import ImageError  # noqa: E402
 
 FAST = TEST_SETTINGS
@@ -48,14 +48,22 @@ def test_anat_outputs_and_accuracy_on_flipped_oblique_t1(anat):
     assert res.qc["flags"] == []
 
 
-def test_unimplemented_transform_is_a_config_error(tmp_path):
-    from gliaflow.pipeline.anat import AnatOutputs, process_anat
-    from gliaflow.pipeline.config import SegmentationSettings
+def test_transforms_that_cannot_run_are_rejected_at_load():
+    from gliaflow.pipeline.config import load_config
     from gliaflow.pipeline.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="transform"):
-        process_anat(tmp_path / "t1.nii.gz", SegmentationSettings(transform="Affine"),
-                     AnatOutputs.bids(tmp_path, {"sub": "x"}))
+    with pytest.raises(ConfigError, match="segmentation.transform"):
+        load_config(overrides={"segmentation.transform": "ElasticSyN"})
+
+
+def test_affine_only_normalization_runs_and_gives_one_transform(tmp_path):
+    """transform: Affine changes what runs: no warp, a one-file chain both ways, and the
+    tissue classes still close to truth (a 12-dof fit of an affine + mildly warped phantom)."""
+    ph, _, res, _ = run_phantom_anat(tmp_path, **PHANTOM, **{**FAST, "transform": "Affine"})
+    assert len(res.to_template) == 1 and res.to_t1_invert == [True]
+    assert not res.outputs.xfm_warp.exists()
+    dseg = nib.load(res.outputs.dseg).get_fdata()
+    assert _dice(dseg == 2, ph["wm"].get_fdata() > 0.5) > 0.6
 
 
 def test_bad_t1_inputs(tmp_path):

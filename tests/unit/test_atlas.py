@@ -11,10 +11,10 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
 from anat_phantom import TEST_PHANTOM, TEST_SETTINGS, run_phantom_anat  # noqa: E402
-from gliaflow.pipeline import atlas as A  # noqa: E402
-from gliaflow.pipeline import resources  # noqa: E402
+from gliaflow.pipeline.regions import atlas as A  # noqa: E402
+from gliaflow.pipeline.io import resources  # noqa: E402
 from gliaflow.pipeline.errors import ConfigError  # noqa: E402
-from gliaflow.pipeline.transforms import params_to_matrix, write_itk_text  # noqa: E402
+from gliaflow.pipeline.spatial.transforms import params_to_matrix, write_itk_text  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import bidsfactory as bf  # noqa: E402
 
-from gliaflow.pipeline.bids import (  # noqa: E402
+from gliaflow.pipeline.io.bids import (  # noqa: E402
     BloodRecording,
     SessionSpec,
     discover,
@@ -24,7 +24,7 @@ from gliaflow.pipeline.bids import (  # noqa: E402
     read_participants,
 )
 from gliaflow.pipeline.errors import BIDSError, ConfigError  # noqa: E402
-from gliaflow.workflows.cli import main as cli_main  # noqa: E402
+from gliaflow.workflows.cli.main import main as cli_main  # noqa: E402
 
 PET02 = "sub-02/pet/sub-02_trc-PBR28_pet"
 
@@ -579,7 +579,7 @@ REAL = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "pbr28" 
 
 @pytest.mark.skipif(not REAL.is_dir(), reason="real PBR28 data not present")
 def test_real_pbr28_sidecars_validate():
-    from gliaflow.pipeline.bids import PetSidecar
+    from gliaflow.pipeline.io.bids import PetSidecar
 
     files = sorted(REAL.glob("*_pet.json"))
     assert len(files) == 20

@@ -1,4 +1,4 @@
-"""Arterial input processing (gliaflow.pipeline.blood) on synthetic blood data with known truth."""
+"""Arterial input processing (gliaflow.pipeline.blood.input) on synthetic blood data with known truth."""
 from __future__ import annotations
 
 import json
@@ -10,12 +10,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gliaflow.pipeline.blood import (PlasmaInput, apply_delay, clean_blood_table, dispersion_correct,
+from gliaflow.pipeline.blood.input import (PlasmaInput, apply_delay, clean_blood_table, dispersion_correct,
                                      estimate_delay, fit_parent_fraction, parent_fraction_curve,
                                      plasma_input_from_files, plasma_input_from_tables)
 from gliaflow.pipeline.config import BloodSettings
 from gliaflow.pipeline.errors import BloodDataError
-from gliaflow.pipeline.kinetics.forward import exp_conv, feng_input, tcm_tac
+from gliaflow.pipeline.kinetics.forward import feng_input, tcm_tac
+from gliaflow.pipeline.numerics import exp_conv
 
 SCAN_END = 5400.0
 HILL = {"a": 0.9, "b": 2.5, "c_min": 8.0}

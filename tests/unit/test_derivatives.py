@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gliaflow.pipeline.derivatives import (
+from gliaflow.pipeline.io.derivatives import (
     Derivatives,
     atomic_path,
     atomic_write_json,
@@ -202,6 +202,6 @@ def test_atomic_files_get_the_usual_mode_not_owner_only(tmp_path):
         p = atomic_write_text(tmp_path / "shared.txt", "x")
     finally:
         os.umask(old)
-    from gliaflow.pipeline import derivatives
+    from gliaflow.pipeline.io import derivatives
     assert (p.stat().st_mode & 0o777) == derivatives._FILE_MODE
     assert p.stat().st_mode & 0o044  # group/other can read under the usual umask

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from gliaflow.pipeline.kinetics.forward import (exp_conv, feng_input, frame_mean, tcm_rates, tcm_tac,
-                                                tcm_tissue)
+from gliaflow.pipeline.kinetics.forward import feng_input, frame_mean, tcm_rates, tcm_tac, tcm_tissue
+from gliaflow.pipeline.numerics import exp_conv
 
 
 def _brute_conv(t, cp, rate_per_min, k):

@@ -12,15 +12,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gliaflow.pipeline.blood import PlasmaInput
+from gliaflow.pipeline.blood.input import PlasmaInput
 from gliaflow.pipeline.config import KineticsSettings
 from gliaflow.pipeline.errors import ModelError
-from gliaflow.pipeline.kinetics.base import (FitResult, FrameAverager, Frames, frame_mean_matrix,
-                                             frame_weights)
+from gliaflow.pipeline.kinetics.base import FitResult, FrameAverager, Frames, frame_weights
 from gliaflow.pipeline.kinetics.compartment import fit_tcm
 from gliaflow.pipeline.kinetics.forward import feng_input, frame_mean, tcm_tac
 from gliaflow.pipeline.kinetics.graphical import fit_logan, fit_ma1, logan_vt, ma1_vt, tstar_mask
 from gliaflow.pipeline.kinetics.parametric import parametric_maps
+from gliaflow.pipeline.numerics import frame_mean_matrix
 from gliaflow.pipeline.kinetics.reftissue import fit_mrtm, fit_mrtm2, fit_srtm
 from gliaflow.pipeline.kinetics.regional import fit_regional, fit_regional_results
 from gliaflow.pipeline.kinetics.suv import fit_suv, fit_suvr

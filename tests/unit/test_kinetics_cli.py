@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from gliaflow.pipeline.kinetics.forward import feng_input, tcm_tac
-from gliaflow.workflows.cli import main
+from gliaflow.workflows.cli.main import main
 
 DUR = [10] * 8 + [20] * 5 + [30] * 4 + [60] * 4 + [180] * 4 + [360] * 12
 FE = np.cumsum(DUR) * 1.0

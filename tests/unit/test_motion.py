@@ -13,8 +13,8 @@ import pytest
 
 from gliaflow.pipeline.config import MotionSettings
 from gliaflow.pipeline.errors import ImageError
-from gliaflow.pipeline.motion import MOTION_COLUMNS, realign_frames
-from gliaflow.pipeline.transforms import (
+from gliaflow.pipeline.spatial.motion import MOTION_COLUMNS, realign_frames
+from gliaflow.pipeline.spatial.transforms import (
     displacement,
     displacement_error,
     mask_world_coords,
@@ -66,7 +66,7 @@ def phantom(tmp_path_factory):
 def realigned(phantom):
     f = phantom["folder"]
     res = realign_frames(phantom["pet"], STARTS, ENDS, SETTINGS, f / "hmc.nii.gz", f / "motion.tsv",
-                         f / "hmc_xfm.txt", out_ref=f / "ref.nii.gz", n_threads=1)
+                         f / "hmc_xfm.txt", out_ref=f / "ref.nii.gz")
     return res
 
 
@@ -129,7 +129,7 @@ def _write(tmp_path, data, name="pet.nii.gz"):
 
 def _run(tmp_path, path, starts, ends, settings=SETTINGS):
     return realign_frames(path, starts, ends, settings, tmp_path / "o.nii.gz", tmp_path / "m.tsv",
-                          tmp_path / "x.txt", n_threads=1)
+                          tmp_path / "x.txt")
 
 
 def test_all_zero_pet_is_an_error(tmp_path):

@@ -44,8 +44,9 @@ def test_fixture_blocks_sockets(no_network):
 
 
 def test_resources_simulate_validate_offline(no_network, tmp_path):
-    from gliaflow.pipeline import resources, simulate
-    from gliaflow.workflows.cli import main
+    from gliaflow.pipeline.io import resources
+    from gliaflow.pipeline.simulate import cohort as simulate
+    from gliaflow.workflows.cli.main import main
 
     simulate.clear_cache()  # re-read all package data with the network blocked
     for name in resources.ATLASES:
@@ -56,7 +57,7 @@ def test_resources_simulate_validate_offline(no_network, tmp_path):
     assert main(["simulate", str(out), "--subjects", "1", "--size", "tiny", "--quiet"]) == 0
     assert (out / "derivatives" / "phantom-truth" / "regional_truth.tsv").is_file()
     try:
-        import gliaflow.workflows.cmd_validate  # noqa: F401
+        import gliaflow.workflows.cli.validate  # noqa: F401
     except ModuleNotFoundError:
         pytest.skip("gliaflow validate not available in this build")
     assert main(["validate", str(out), "--require-blood"]) == 0

@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 from scipy import ndimage
 
-from gliaflow.pipeline import resources
+from gliaflow.pipeline.io import resources
 from gliaflow.pipeline.config import TACSettings
 from gliaflow.pipeline.errors import ImageError
-from gliaflow.pipeline.pvc import FWHM_TO_SIGMA, gtm_pvc, rbv_frames, resolve_psf_fwhm
+from gliaflow.pipeline.regions.pvc import FWHM_TO_SIGMA, gtm_pvc, rbv_frames, resolve_psf_fwhm
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 RES = 3.0
@@ -53,7 +53,7 @@ def phantom():
 
 
 def test_gtm_recovers_truth_and_reports_uncorrected_bias(phantom):
-    from gliaflow.pipeline.tacs import regional_tacs
+    from gliaflow.pipeline.regions.tacs import regional_tacs
 
     lab, table, truth, pet = phantom["lab"], phantom["table"], phantom["truth"], phantom["pet"]
     aff = phantom["affine"]
@@ -86,7 +86,6 @@ def test_gtm_recovers_truth_and_reports_uncorrected_bias(phantom):
 
 def test_rbv_regional_means_close_to_truth(phantom):
     lab, table, truth, pet = phantom["lab"], phantom["table"], phantom["truth"], phantom["pet"]
-    aff = phantom["affine"]
     frames = list(rbv_frames(pet[..., -1:], lab, truth[:, -1:], table["index"], FWHM,
                              voxel_size_mm=(RES,) * 3))
     rbv = frames[0]

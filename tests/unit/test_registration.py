@@ -12,8 +12,8 @@ import pytest
 
 from gliaflow.pipeline.config import RegistrationSettings
 from gliaflow.pipeline.errors import ImageError
-from gliaflow.pipeline.registration import assess_coregistration, register_pet_to_t1
-from gliaflow.pipeline.transforms import (
+from gliaflow.pipeline.spatial.registration import assess_coregistration, register_pet_to_t1
+from gliaflow.pipeline.spatial.transforms import (
     displacement_error,
     mask_world_coords,
     params_to_matrix,
@@ -62,7 +62,7 @@ def make_pet(data, params, name, noise=0.03, seed=0):
 def test_registration_accuracy(data, tmp_path):
     pet, truth = make_pet(data, [0.08, -0.05, 0.1, 8.0, -6.0, 5.0], "pet_small.nii.gz")
     out = tmp_path / "sub-01_from-petref_to-T1w_mode-image_xfm.txt"
-    res = register_pet_to_t1(pet, data["t1"], SETTINGS, t1_mask=data["mask"], out_xfm=out, n_threads=1)
+    res = register_pet_to_t1(pet, data["t1"], SETTINGS, t1_mask=data["mask"], out_xfm=out)
     err = displacement_error(np.array(res.matrix), truth, data["coords"])
     assert err < 1.5
     assert res.likely_wrong is False and res.flags == []

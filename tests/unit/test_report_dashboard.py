@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from gliaflow.pipeline.derivatives import write_tsv  # noqa: E402
+from gliaflow.pipeline.io.derivatives import write_tsv  # noqa: E402
 from gliaflow.pipeline.report.dashboard import sessions_table, write_cohort_dashboard  # noqa: E402
 from gliaflow.pipeline.report.sample import sample_cohort, sample_voxelwise  # noqa: E402
 

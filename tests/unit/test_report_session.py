@@ -195,7 +195,7 @@ def test_fits_long_accepts_common_layouts():
 def test_fit_curves_file_is_used_when_given(outputs, tmp_path):
     """A long curve table (fit_curves_tsv) is drawn as given; the parameter table still feeds the
     Logan plot and the outcome table."""
-    from gliaflow.pipeline.derivatives import write_tsv
+    from gliaflow.pipeline.io.derivatives import write_tsv
 
     tacs = pd.read_csv(outputs["tacs"], sep="\t")
     region = "frontal"

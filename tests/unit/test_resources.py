@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gliaflow.pipeline import resources as R
+from gliaflow.pipeline.io import resources as R
 from gliaflow.pipeline.errors import ConfigError
 
 

@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 from scipy import ndimage as ndi
 
-from gliaflow.pipeline.simulate import design_cohort, simulate_cohort
-from gliaflow.pipeline.simulate_anatomy import rigid_matrix, rigid_params
+from gliaflow.pipeline.simulate.cohort import design_cohort, simulate_cohort
+from gliaflow.pipeline.simulate.anatomy import rigid_matrix, rigid_params
 
 TRUTH = "derivatives/phantom-truth"
 
@@ -75,7 +75,7 @@ def test_bids_layout_and_sidecars(cohort):
 
 
 def test_validates_with_gliaflow_bids(cohort):
-    bids = pytest.importorskip("gliaflow.pipeline.bids")
+    bids = pytest.importorskip("gliaflow.pipeline.io.bids")
     disc = bids.discover(cohort, require_blood=True)
     assert [s.participant for s in disc.sessions] == ["01", "02"] and not disc.invalid
     tab = disc.sessions[0].blood[0].table()
@@ -202,7 +202,7 @@ def test_geometry_truth_matches_images(clean):
     # atlas truth in T1w space is the template atlas pulled through the coordinate map
     coords = nib.load(truth / f"{sub}_from-T1w_to-MNI152NLin2009aSym_mode-image_xfm.nii.gz").get_fdata()
     dseg = nib.load(truth / f"{sub}_space-T1w_seg-harvardoxford_dseg.nii.gz").get_fdata().astype(int)
-    from gliaflow.pipeline import resources
+    from gliaflow.pipeline.io import resources
 
     ho = resources.get_atlas("harvard-oxford")
     thal = int(ho.labels.loc[ho.labels["name"] == "Left_Thalamus", "index"].iloc[0])

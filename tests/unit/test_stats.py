@@ -11,9 +11,9 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
 from gliaflow.pipeline.config import StatsSettings  # noqa: E402
-from gliaflow.pipeline.derivatives import write_tsv  # noqa: E402
+from gliaflow.pipeline.io.derivatives import write_tsv  # noqa: E402
 from gliaflow.pipeline.errors import StatsError  # noqa: E402
-from gliaflow.pipeline.stats import run_group_stats  # noqa: E402
+from gliaflow.pipeline.stats.group import run_group_stats  # noqa: E402
 
 from test_stats_regional import AFFECTED, REGIONS, cohort  # noqa: E402
 from test_stats_voxelwise import AFF, blob, phantom  # noqa: E402
@@ -33,8 +33,8 @@ def test_run_group_stats_writes_everything(tmp_path):
                       smoothing_fwhm_mm=0, tfce=True)
     res = run_group_stats(regional, out, s, maps={"suvr": maps}, mask=mpath, atlas=atlas)
     # one subject without a map: left out of the voxelwise design and counted
-    from gliaflow.pipeline.stats import voxelwise_group_stats
-    from gliaflow.pipeline.stats_design import subject_table
+    from gliaflow.pipeline.stats.group import voxelwise_group_stats
+    from gliaflow.pipeline.stats.design import subject_table
     subjects, _ = subject_table(df, s)
     vr = voxelwise_group_stats(maps[1:], mpath, subjects, s.model_copy(update={"tfce": False}), "suvr")
     assert vr["summary"]["n_missing_map"] == 1 and vr["summary"]["n"] == 15

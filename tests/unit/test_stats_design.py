@@ -13,7 +13,7 @@ from statsmodels.stats.multitest import multipletests  # noqa: E402
 
 from gliaflow.pipeline.config import StatsSettings  # noqa: E402
 from gliaflow.pipeline.errors import StatsError  # noqa: E402
-from gliaflow.pipeline.stats_design import (  # noqa: E402
+from gliaflow.pipeline.stats.design import (  # noqa: E402
     build_design, contrast_vector, fdr_bh, fit_ols, holm, subject_table, t_to_z)
 
 

@@ -12,7 +12,7 @@ from scipy import stats as sps  # noqa: E402
 
 from gliaflow.pipeline.config import StatsSettings  # noqa: E402
 from gliaflow.pipeline.errors import StatsError  # noqa: E402
-from gliaflow.pipeline.stats_regional import (  # noqa: E402
+from gliaflow.pipeline.stats.regional import (  # noqa: E402
     hedges_correction, hedges_g_ci, partial_correlation, regional_correlations, regional_group_stats)
 
 REGIONS = [f"ctx_{i:02d}" for i in range(12)]
@@ -115,7 +115,7 @@ def test_hedges_g_equals_classic_formula_without_covariates():
     a, b = rng.normal(1, 1, 9), rng.normal(0, 1, 11)
     X = np.column_stack([np.ones(20), np.r_[np.ones(9), np.zeros(11)]])
     y = np.r_[a, b]
-    from gliaflow.pipeline.stats_design import fit_ols
+    from gliaflow.pipeline.stats.design import fit_ols
     r = fit_ols(X, y, np.array([0, 1.0]))
     g, lo, hi = hedges_g_ci(float(r.t[0]), r.df, r.var_factor)
     sp = np.sqrt(((len(a) - 1) * a.var(ddof=1) + (len(b) - 1) * b.var(ddof=1)) / 18)
@@ -128,7 +128,7 @@ def test_hedges_g_equals_classic_formula_without_covariates():
 def test_hedges_g_ci_coverage():
     rng = np.random.default_rng(7)
     X = np.column_stack([np.ones(20), np.r_[np.ones(10), np.zeros(10)]])
-    from gliaflow.pipeline.stats_design import fit_ols
+    from gliaflow.pipeline.stats.design import fit_ols
     Y = rng.normal(size=(20, 300)) + 0.8 * X[:, [1]]
     r = fit_ols(X, Y, np.array([0, 1.0]))
     J = hedges_correction(r.df)

@@ -12,9 +12,9 @@ from scipy import ndimage  # noqa: E402
 
 from gliaflow.pipeline.config import StatsSettings  # noqa: E402
 from gliaflow.pipeline.errors import ImageError  # noqa: E402
-from gliaflow.pipeline.stats import voxelwise_group_stats  # noqa: E402
-from gliaflow.pipeline.stats_design import build_design, fit_ols  # noqa: E402
-from gliaflow.pipeline.stats_voxelwise import (  # noqa: E402
+from gliaflow.pipeline.stats.group import voxelwise_group_stats  # noqa: E402
+from gliaflow.pipeline.stats.design import fit_ols  # noqa: E402
+from gliaflow.pipeline.stats.voxelwise import (  # noqa: E402
     atlas_lookup, cluster_table, combine_chunks, fwhm_to_sigma_vox, load_maps, permutation_glm,
     smooth_masked, tfce)
 
@@ -118,9 +118,10 @@ def test_chunks_combine_to_the_single_run():
     whole = permutation_glm(Y, X, c, **kw)
     parts = [permutation_glm(Y, X, c, chunk=ch, **kw) for ch in [(11, 31), (0, 5), (5, 11)]]
     merged = combine_chunks(parts)
-    np.testing.assert_array_equal(merged.max_null, whole.max_null)
-    np.testing.assert_array_equal(merged.max_null_tfce, whole.max_null_tfce)
-    np.testing.assert_array_equal(merged.max_null_mass, whole.max_null_mass)
+    # float32 products over differently sized permutation batches may differ in the last bit
+    np.testing.assert_allclose(merged.max_null, whole.max_null, rtol=1e-5)
+    np.testing.assert_allclose(merged.max_null_tfce, whole.max_null_tfce, rtol=1e-5)
+    np.testing.assert_allclose(merged.max_null_mass, whole.max_null_mass, rtol=1e-5)
     np.testing.assert_array_equal(merged.p_fwer, whole.p_fwer)
     np.testing.assert_array_equal(merged.p_fwer_tfce, whole.p_fwer_tfce)
     from gliaflow.pipeline.errors import StatsError

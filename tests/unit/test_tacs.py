@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from gliaflow.pipeline.errors import ImageError
-from gliaflow.pipeline.tacs import regional_tacs, tac_sanity, write_tacs
+from gliaflow.pipeline.regions.tacs import regional_tacs, tac_sanity, write_tacs
 
 
 def _phantom(tmp_path, n_frames=5, seed=0):
@@ -79,7 +79,7 @@ def test_tac_sanity_flags_negatives_and_peak():
 def test_session_tacs_writes_raw_and_pvc(tmp_path, pvc):
     from scipy import ndimage
 
-    from gliaflow.pipeline.atlas import SessionLabels, add_tissue_labels
+    from gliaflow.pipeline.regions.atlas import SessionLabels, add_tissue_labels
 
     aff = np.diag([2.0, 2.0, 2.0, 1.0])
     lab = np.zeros((24, 24, 24), np.int32)
@@ -118,7 +118,7 @@ def test_session_tacs_writes_raw_and_pvc(tmp_path, pvc):
 
 
 def session_tacs_call(p, labels, pvc, tmp_path):
-    from gliaflow.pipeline.tacs import session_tacs
+    from gliaflow.pipeline.regions.measure import session_tacs
 
     return session_tacs(p, labels, [0.0, 60.0], [60.0, 120.0], pvc, 6.0,
                         tmp_path / "sub-01_seg-x_tacs.tsv",

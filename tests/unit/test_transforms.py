@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from gliaflow.pipeline.errors import ImageError
-from gliaflow.pipeline.transforms import (
-    ants_to_affine,
+from gliaflow.pipeline.engines.ants import ants_to_affine, nifti_to_ants
+from gliaflow.pipeline.spatial.transforms import (
     crop_and_block,
     bounding_box,
     displacement,
@@ -21,7 +21,6 @@ from gliaflow.pipeline.transforms import (
     lps_to_ras,
     mask_world_coords,
     matrix_to_params,
-    nifti_to_ants,
     params_to_matrix,
     ras_to_lps,
     read_itk_text,

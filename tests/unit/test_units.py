@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from gliaflow.pipeline.units import (
+from gliaflow.pipeline.io.units import (
     activity_concentration_factor,
     fraction_factor,
     normalise_unit,

@@ -1,0 +1,1 @@
+"""The ``gliaflow`` command line: :mod:`.main` dispatches to one module per subcommand."""
