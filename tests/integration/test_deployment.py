@@ -117,7 +117,7 @@ def test_deployment_created_triggered_and_run_by_a_process_worker(tmp_path, api)
 
     with temporary_settings(updates={PREFECT_API_URL: api}), get_client(sync_client=True) as c:
         dep = c.read_deployment_by_name(DEPLOYMENT)
-        assert dep.work_pool_name == POOL and dep.entrypoint == "workflows/deployment.py:gliaflow_cohort"
+        assert dep.work_pool_name == POOL and dep.entrypoint == "workflows/services/deployment.py:gliaflow_cohort"
         # the pull step names the checkout `prefect deploy` ran in
         assert dep.pull_steps == [{"prefect.deployments.steps.set_working_directory":
                                    {"directory": str(REPO)}}]

@@ -11,6 +11,8 @@ worker, and the flow resubmits it as a new Prefect task run with more memory (se
 """
 from __future__ import annotations
 
+import importlib
+
 import os
 import shlex
 from pathlib import Path
@@ -25,7 +27,8 @@ from gliaflow.pipeline.errors import ConfigError
 __all__ = ["ClusterProfile", "AdaptiveSpec", "load_profile", "ClusterHandle", "start_cluster",
            "PROFILE_DIR", "MEMORY_RESOURCE"]
 
-PROFILE_DIR = Path(__file__).resolve().parent.parent / "infrastructure" / "clusters"
+# the installed gliaflow.infrastructure package (the repo's infrastructure/ folder in a checkout)
+PROFILE_DIR = Path(importlib.import_module("gliaflow.infrastructure").__file__).resolve().parent / "clusters"
 MEMORY_RESOURCE = "MEMORY"
 GiB = 1024 ** 3
 WORKER_PRELOAD = "gliaflow.workflows.services.worker_setup"  # imports the task engine at worker start
