@@ -50,8 +50,9 @@ class _Settings(BaseModel):
 
 
 #: toolkits behind the engine seam (gliaflow.pipeline.engines); one per step
-EngineName = Literal["ants"]
-_ENGINE_DOC = "Toolkit that runs this step (see gliaflow.pipeline.engines): 'ants' (ANTsPy, embedded)."
+EngineName = Literal["ants", "fsl"]
+_ENGINE_DOC = ("Toolkit that runs this step (see gliaflow.pipeline.engines): 'ants' (ANTsPy, embedded) or "
+               "'fsl' (FSL at $FSLDIR through Nipype).")
 
 
 class MotionSettings(_Settings):
