@@ -203,6 +203,9 @@ class BloodSettings(_Settings):
         "blood curve is moved later).")
     delay_fit_end_min: float = Field(10.0, gt=0, description="Whole-brain TAC frames ending before "
                                      "this time (min) are used to estimate the delay (1TCM + vB).")
+    delay_region: str = Field("whole_brain", min_length=1, description="TAC column (region) the "
+                              "delay is fitted to when `delay` is fit: a large, high-count region "
+                              "that averages arrival times over the brain.")
     negative_tolerance: float = Field(
         0.05, ge=0, le=1, description="Negative concentrations down to this fraction of the "
         "recording's peak are noise and set to 0; larger negatives are an error.")

@@ -25,8 +25,8 @@ Processing (:func:`plasma_input_from_tables`):
    extended with a mono-exponential fitted to its last third when the missing part is at most
    ``max_extrapolation_fraction`` of the scan, and is an error otherwise;
 6. delay (:func:`apply_delay`, separately, since fitting needs a TAC): fixed ``delay_s``, or
-   fitted (:func:`estimate_delay`) against a whole-brain TAC with a 1TCM + vB on the first
-   ``delay_fit_end_min`` minutes.
+   fitted (:func:`estimate_delay`) against a whole-brain TAC (the ``delay_region`` column of the
+   TAC table) with a 1TCM + vB on the first ``delay_fit_end_min`` minutes.
 """
 from __future__ import annotations
 
@@ -52,6 +52,9 @@ __all__ = [
     "dispersion_correct",
     "plasma_input_from_tables",
     "plasma_input_from_files",
+    "plasma_input_from_recordings",
+    "read_blood_recordings",
+    "blood_settings_from_sidecars",
     "estimate_delay",
     "apply_delay",
     "shift_curve",
@@ -555,24 +558,69 @@ def plasma_input_from_tables(tables: Sequence[pd.DataFrame], settings: BloodSett
     return pi
 
 
-def plasma_input_from_files(tsv_paths: Sequence[str | Path], settings: BloodSettings | None = None,
-                            scan_end_s: float | None = None) -> PlasmaInput:
+def read_blood_recordings(tsv_paths: Sequence[str | Path]) -> list:
     """Read BIDS blood TSV/JSON pairs (``*_recording-<label>_blood.tsv`` with a sidecar of the same
-    name ending ``.json``) and build the plasma input (:func:`plasma_input_from_tables`)."""
+    name ending ``.json``) as :class:`~gliaflow.pipeline.io.metadata.BloodRecording` objects.
+
+    Times are taken as seconds from injection (no PET sidecar is read, so ``InjectionStart`` is 0).
+
+    Raises
+    ------
+    BloodDataError
+        Unreadable table or sidecar, unknown units, naming the file and column.
+    """
     from gliaflow.pipeline.io.metadata import BloodRecording
 
-    tables, labels, sources = [], [], []
+    recordings = []
     for p in tsv_paths:
         p = Path(p)
         js = p.with_name(p.name[: -len(".tsv")] + ".json") if p.name.endswith(".tsv") else p.with_suffix(".json")
         m = re.search(r"recording-([A-Za-z0-9]+)", p.name)
-        label = m.group(1) if m else p.stem
-        rec = BloodRecording.from_files(p, js, label=label)
-        tables.append(rec.table())
-        labels.append(label)
-        sources.append(str(p))
-    return plasma_input_from_tables(tables, settings, scan_end_s=scan_end_s, labels=labels,
-                                    sources=sources)
+        recordings.append(BloodRecording.from_files(p, js, label=m.group(1) if m else p.stem))
+    return recordings
+
+
+def blood_settings_from_sidecars(settings: BloodSettings, recordings: Sequence) -> BloodSettings:
+    """Blood settings for a set of recordings: when ``settings`` leave the dispersion constant unset,
+    take it from a recording whose sidecar says its curve is not dispersion corrected (BIDS
+    ``DispersionCorrected: false`` with ``DispersionConstant`` in s).
+
+    Parameters
+    ----------
+    settings : BloodSettings
+        The configured settings (returned unchanged when ``dispersion_tau_s`` is set).
+    recordings : list of BloodRecording
+        Their ``meta`` holds the (inherited) JSON sidecar.
+
+    Returns
+    -------
+    BloodSettings
+    """
+    if settings.dispersion_tau_s is not None:
+        return settings
+    for r in recordings:
+        meta = r.meta or {}
+        tau = meta.get("DispersionConstant")
+        if meta.get("DispersionCorrected") is False and isinstance(tau, (int, float)) and tau > 0:
+            return settings.model_copy(update={"dispersion_tau_s": float(tau)})
+    return settings
+
+
+def plasma_input_from_recordings(recordings: Sequence, settings: BloodSettings | None = None,
+                                 scan_end_s: float | None = None) -> PlasmaInput:
+    """The plasma input (:func:`plasma_input_from_tables`, no delay) from
+    :class:`~gliaflow.pipeline.io.metadata.BloodRecording` objects (times in s from injection,
+    Bq/mL); the recording labels tell continuous from discrete data."""
+    return plasma_input_from_tables([r.table() for r in recordings], settings, scan_end_s=scan_end_s,
+                                    labels=[r.label for r in recordings],
+                                    sources=[str(r.tsv) for r in recordings])
+
+
+def plasma_input_from_files(tsv_paths: Sequence[str | Path], settings: BloodSettings | None = None,
+                            scan_end_s: float | None = None) -> PlasmaInput:
+    """Read BIDS blood TSV/JSON pairs (:func:`read_blood_recordings`) and build the plasma input
+    (:func:`plasma_input_from_tables`)."""
+    return plasma_input_from_recordings(read_blood_recordings(tsv_paths), settings, scan_end_s)
 
 
 # --------------------------------------------------------------------------- delay

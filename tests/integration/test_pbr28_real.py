@@ -204,7 +204,7 @@ def test_cli_on_real_measurement(tmp_path):
     params = tmp_path / "params.tsv"
     args = ["kinetics", "--tacs", str(tsv), "--model", "2tcm", "--model", "logan", "--model", "suvr",
             "--reference-region", "WB", "--fit-vb", "--fit-end", "63.6", "--weights", "column",
-            "--dispersion-tau", "2.6", "--out", str(params)]
+            "--dispersion-tau", "2.6", "--delay-region", "WB", "--out", str(params)]
     for b in blood:
         args += ["--blood", str(b)]
     assert main(args) == 0
