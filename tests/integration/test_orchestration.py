@@ -293,8 +293,10 @@ def test_cli_dry_run_profiles_and_submit_scripts(tmp_path, capsys):
     assert "cores" in str(exc.value) and "queue_name" in str(exc.value)
     with pytest.raises(ConfigError):
         load_profile("nonexistent")
+    # two subjects cannot make the statistics' two groups of three: the toy group step instead
     rc = cli.main(["submit", str(ds), str(out), "--no-submit", "--partition", "debug",
-                   "--stages", "test_orchestration_stages:STAGES"])
+                   "--stages", "test_orchestration_stages:STAGES",
+                   "--group-step", "test_orchestration_stages:group_step"])
     assert rc == 0
     jobs = out / ".gliaflow" / "jobs"
     scripts = sorted(p.name for p in jobs.glob("*.sbatch"))
