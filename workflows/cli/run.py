@@ -221,8 +221,10 @@ def build_config(args) -> "PipelineConfig":  # noqa: F821 - imported below
 
 
 def check_settings(cfg, bids_dir: Path, sessions, strict_group: bool, warn=None) -> None:
-    """Check the settings against the dataset before any work: the atlas (an embedded name, or
-    a custom image and labels that load), and the statistics settings against participants.tsv.
+    """Check the settings against the machine and the dataset before any work: the selected
+    engines can run (FSLDIR and the FSL binaries, when FSL is selected), the atlas (an embedded
+    name, or a custom image and labels that load), and the statistics settings against
+    participants.tsv.
 
     Parameters
     ----------
@@ -239,9 +241,11 @@ def check_settings(cfg, bids_dir: Path, sessions, strict_group: bool, warn=None)
     Raises
     ------
     ConfigError
-        Unknown atlas, unusable custom atlas, or (``strict_group``) statistics settings that do
-        not fit participants.tsv.
+        An engine that cannot run here, unknown atlas, unusable custom atlas, or
+        (``strict_group``) statistics settings that do not fit participants.tsv.
     """
+    from gliaflow.pipeline.engines import check_engines
+
     from gliaflow.pipeline.errors import BIDSError
     from gliaflow.pipeline.io import resources
     from gliaflow.pipeline.io.bids import read_participants
@@ -250,6 +254,7 @@ def check_settings(cfg, bids_dir: Path, sessions, strict_group: bool, warn=None)
     from gliaflow.pipeline.stats.design import MIN_PER_GROUP
 
     warn = warn or (lambda text: print(text, file=sys.stderr))
+    check_engines(cfg)
     if cfg.atlas.name == "custom":
         load_atlas(cfg.atlas)  # a missing or unusable image or label table, named
     else:

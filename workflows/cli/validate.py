@@ -42,6 +42,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="print the result as JSON instead of a table")
     p.add_argument("--config", type=Path, metavar="FILE",
                    help="YAML/TOML configuration whose statistics settings are checked")
+    from gliaflow.pipeline.engines import ENGINE_NAMES
+
+    p.add_argument("--engine", choices=list(ENGINE_NAMES),
+                   help="check that this toolkit can run every step here (e.g. fsl: FSLDIR and its "
+                        "binaries); the config file's engines are checked too")
     stats_args(p)
     return p
 
@@ -64,6 +69,9 @@ def cohort_problems(args: argparse.Namespace, disc) -> list:
 
 
 def run(args: argparse.Namespace) -> int:
+    from gliaflow.pipeline.engines import check_engines
+
+    check_engines(build_config(args))  # FSLDIR / a missing binary named before anything else
     disc = discover(args.bids_dir, participant_label=args.participant_label,
                     session_label=args.session_label, tracer_label=args.tracer_label,
                     require_blood=args.require_blood, require_dynamic=not args.allow_static)
