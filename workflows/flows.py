@@ -411,6 +411,16 @@ def write_provenance(out_dir: Path, config: PipelineConfig, specs: Sequence) -> 
     Derivatives(out_dir, bids).write_dataset_description(__version__, config_hash(config), CONFIG_FILE)
 
 
+def engine_environment(config: PipelineConfig) -> dict[str, str]:
+    """Environment the workers need for the selected engines: FSLDIR (this process's) and
+    FSLOUTPUTTYPE when any step runs FSL, so batch jobs on other nodes find the same FSL."""
+    from gliaflow.pipeline.engines import selected_engines
+
+    if "fsl" in selected_engines(config).values() and os.environ.get("FSLDIR"):
+        return {"FSLDIR": os.environ["FSLDIR"], "FSLOUTPUTTYPE": "NIFTI_GZ"}
+    return {}
+
+
 def run_cohort(specs: Sequence, *, stages: Sequence, config: PipelineConfig, out_dir: str | Path,
                work_dir: str | Path | None = None, level: str = "participant",
                invalid: Sequence = (), group_step: GroupStep | None = None,
@@ -548,6 +558,7 @@ def _execute(plans, stages, config, out_dir, work_dir, profile, handle, progress
             env["PREFECT_API_URL"] = api_url
             if os.environ.get("PYTHONPATH"):
                 env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+            env.update(engine_environment(config))
             handle = start_cluster(prof, nprocs=ex.nprocs, mem_gb=ex.mem_gb,
                                    threads_per_task=ex.threads_per_task, work_dir=work_dir, env=env)
             stack.callback(handle.close)
