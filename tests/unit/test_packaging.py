@@ -9,6 +9,7 @@ isolation, offline, with the setuptools of the test environment (the ``test`` ex
 """
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import shutil
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
 
 REPO = Path(__file__).resolve().parents[2]
 TOP = ("pipeline", "workflows", "infrastructure")  # install as gliaflow.<name>
@@ -61,6 +63,25 @@ def module_name(top: str, rel: str) -> str:
     """``gliaflow.<top>.a.b`` for the file ``<top>/a/b.py`` (a package for ``__init__.py``)."""
     parts = [top, *Path(rel).with_suffix("").parts]
     return "gliaflow." + ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def missing_build_requirements(pyproject: Path) -> list[str]:
+    """[build-system] requirements this environment does not satisfy (the build runs without
+    isolation), as ``"setuptools>=77 (have 65.5.0)"``; empty on Python 3.10 (no tomllib)."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10: `build` reports unmet requirements itself
+        return []
+    out = []
+    for text in tomllib.loads(pyproject.read_text())["build-system"]["requires"]:
+        req = Requirement(text)
+        try:
+            have = importlib.metadata.version(req.name)
+        except importlib.metadata.PackageNotFoundError:
+            have = None
+        if have is None or not req.specifier.contains(have, prereleases=True):
+            out.append(f"{text} (have {have or 'none'})")
+    return out
 
 
 def tree(root: Path) -> set[str]:
@@ -118,6 +139,8 @@ def installed(tmp_path_factory):
     src = tmp / "src"
     for rel in dockerfile_sources(REPO / "Dockerfile"):
         copy_in(rel, src)
+    missing = missing_build_requirements(src / "pyproject.toml")
+    assert not missing, f"the build backend is missing or too old: {missing}; pip install -e '.[test]'"
     dist = tmp / "dist"
     r = subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(dist),
                         str(src)], capture_output=True, text=True, timeout=180)
