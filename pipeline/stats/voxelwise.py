@@ -350,10 +350,10 @@ def permutation_glm(Y: np.ndarray, X: np.ndarray, contrast: np.ndarray, n_permut
     # g0 = q1' P R and sse = ||R||^2 - ||Q' P R||^2 (rotation leaves ||Q' P R|| unchanged)
     u = Q.T @ a
     u /= np.linalg.norm(u)
-    O, _ = np.linalg.qr(np.column_stack([u, np.eye(p)]))
-    if O[:, 0] @ u < 0:
-        O[:, 0] *= -1
-    Q = Q @ O
+    rot, _ = np.linalg.qr(np.column_stack([u, np.eye(p)]))
+    if rot[:, 0] @ u < 0:
+        rot[:, 0] *= -1
+    Q = Q @ rot
     ssR = (R ** 2).sum(axis=0)
     ftype = np.dtype(dtype).type
     Rd = np.ascontiguousarray(R, dtype=ftype)
@@ -470,8 +470,11 @@ def combine_chunks(parts: Sequence[PermutationResult]) -> PermutationResult:
         raise StatsError("chunks come from different runs (seed, permutations, tail or size)",
                          field="chunk")
     first = parts[0]
-    cat = (lambda name: None if getattr(first, name) is None
-           else np.concatenate([getattr(r, name) for r in parts]))
+
+    def cat(name: str) -> np.ndarray | None:
+        """Attribute ``name`` of the chunks joined in chunk order (None when the runs lack it)."""
+        return None if getattr(first, name) is None else np.concatenate([getattr(r, name) for r in parts])
+
     out = PermutationResult(**{**first.__dict__})
     out.info = {**first.info, "chunk": [0, total], "n_chunks": len(parts)}
     out.max_null = cat("max_null")

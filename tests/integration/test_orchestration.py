@@ -18,19 +18,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-sys.path.insert(0, str(HERE))
-import bidsfactory as bf  # noqa: E402
-import test_orchestration_stages as ts  # noqa: E402
+import bidsfactory as bf
+import test_orchestration_stages as ts
 
-from gliaflow.pipeline.io.bids import discover  # noqa: E402
-from gliaflow.pipeline.config import load_config  # noqa: E402
-from gliaflow.pipeline.errors import ConfigError  # noqa: E402
-from gliaflow.workflows.cli import main as cli  # noqa: E402
-from gliaflow.workflows.services.cluster import ClusterProfile, load_profile, start_cluster  # noqa: E402
-from gliaflow.workflows.flows import run_cohort  # noqa: E402
-from gliaflow.workflows.ledger import read_ledger  # noqa: E402
+from gliaflow.pipeline.io.bids import discover
+from gliaflow.pipeline.config import load_config
+from gliaflow.pipeline.errors import ConfigError
+from gliaflow.workflows.cli import main as cli
+from gliaflow.workflows.services.cluster import ClusterProfile, load_profile, start_cluster
+from gliaflow.workflows.flows import run_cohort
+from gliaflow.workflows.ledger import read_ledger
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "1")
