@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Install gliaflow with its test extras into a virtual environment, install and start the system
 # services the integration tests use (single-node SLURM with munge, single-host Grid Engine,
-# headless Chromium) when run as root on Debian, lint, then run the test suite. `.ci/run` runs
+# headless Chromium) and build FSL from ../shared/fsl (cached outside the repository) when run as
+# root on Debian, lint, then run the test suite. `.ci/run` runs
 # exactly this.
 #
 # As root on Debian the services are required: a service that fails to install or start ends the
 # run (non-zero exit naming the service), and GLIAFLOW_REQUIRE_SERVICES=1 makes any test that
-# needs SLURM, Grid Engine or Chromium fail instead of skip (tests/service_policy.py).
+# needs SLURM, Grid Engine, Chromium or FSL fail instead of skip (tests/service_policy.py).
 # GLIAFLOW_SKIP_SYSTEM=1 opts out of both; elsewhere (not root, no apt-get) those tests skip and
 # the summary lists every skip with its reason.
 set -euo pipefail
@@ -42,10 +43,18 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && [ "${GLIAFLOW_SKI
         *gliaflow-probe*) echo "chromium up: $(/usr/bin/chromium --version 2>/dev/null || true)" ;;
         *) fail_service Chromium "did not start (/usr/bin/chromium --headless --dump-dom rendered nothing)" ;;
     esac
+    echo "== FSL (built once from ../shared/fsl into a cache outside the repository)"
+    fsldir=$(INSTALL_DEPS=1 bash infrastructure/fsl/build-for-tests.sh) \
+        || fail_service FSL "did not build (infrastructure/fsl/build-for-tests.sh)"
+    export FSLDIR=$fsldir FSLOUTPUTTYPE=NIFTI_GZ
     export GLIAFLOW_REQUIRE_SERVICES=1
 else
     echo "== system services: not installed or started here (that needs root, apt-get and" \
          "GLIAFLOW_SKIP_SYSTEM unset); SLURM, Grid Engine and browser tests skip if unavailable"
+    if [ -z "${FSLDIR:-}" ] && fsldir=$(bash infrastructure/fsl/build-for-tests.sh 2>/dev/null); then
+        export FSLDIR=$fsldir FSLOUTPUTTYPE=NIFTI_GZ
+    fi
+    echo "== FSL: ${FSLDIR:-not available (FSL tests skip)}"
 fi
 
 export PATH="$venv/bin:$PATH" NIPYPE_NO_ET=1 MPLBACKEND=Agg

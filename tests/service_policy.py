@@ -1,7 +1,7 @@
 """Required services: with ``GLIAFLOW_REQUIRE_SERVICES=1`` a test that needs a system service
-(marked ``slurm``, ``sge`` or ``browser``) fails when it would skip.
+(marked ``slurm``, ``sge``, ``browser`` or ``fsl``) fails when it would skip.
 
-``tests/run.sh`` sets the variable after it installed and started SLURM, Grid Engine and Chromium
+``tests/run.sh`` sets the variable after it installed and started SLURM, Grid Engine and Chromium and built FSL
 (as root on Debian), so a service that is down cannot turn a CI run green by skipping. The tests
 keep their own skip conditions (``skipif`` marks, ``pytest.skip`` in fixtures); this pytest plugin
 turns such a skip into a failure that names the service and the skip reason. ``tests/conftest.py``
@@ -14,7 +14,7 @@ import os
 import pytest
 
 #: pytest marker -> the service it stands for
-SERVICES = {"slurm": "SLURM", "sge": "Grid Engine", "browser": "Chromium"}
+SERVICES = {"slurm": "SLURM", "sge": "Grid Engine", "browser": "Chromium", "fsl": "FSL"}
 ENV = "GLIAFLOW_REQUIRE_SERVICES"
 
 

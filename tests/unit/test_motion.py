@@ -176,6 +176,7 @@ def test_nan_voxels_replaced_and_flagged(phantom, tmp_path):
     assert np.isfinite(out).all()
 
 
+@pytest.mark.fsl
 def test_fsl_mcflirt_accuracy_and_provenance(phantom, tmp_path):
     """The FSL engine (MCFLIRT through Nipype) on the same phantom: same accuracy target, the
     command line recorded. The phantom's affine has a positive determinant, so FSL's flipped

@@ -138,6 +138,7 @@ def test_nan_voxels_replaced_and_flagged(data, tmp_path):
     assert np.isfinite(q["similarity"])
 
 
+@pytest.mark.fsl
 def test_fsl_flirt_registration_accuracy_oblique_flipped_pet(data, tmp_path):
     """The FSL engine (FLIRT, mutual information) on a PET stored with an oblique, x-flipped
     affine: FSL's scaled-voxel matrices must be converted right for the error to be small."""
