@@ -300,7 +300,8 @@ def stage_kinetics(ctx: StageContext, upstream: dict[str, StageResult]) -> Stage
     """Plasma input, regional models (without and with PVC) and voxelwise parametric maps."""
     import nibabel as nib
 
-    from gliaflow.pipeline.blood.input import apply_delay, plasma_input_from_tables
+    from gliaflow.pipeline.blood.delay import apply_delay
+    from gliaflow.pipeline.blood.input import plasma_input_from_tables
     from gliaflow.pipeline.io.derivatives import save_nifti, write_tsv
     from gliaflow.pipeline.kinetics.base import Frames
     from gliaflow.pipeline.kinetics.parametric import parametric_maps

@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from gliaflow.pipeline.blood.input import apply_delay, plasma_input_from_files
+from gliaflow.pipeline.blood.delay import apply_delay
+from gliaflow.pipeline.blood.input import plasma_input_from_files
 from gliaflow.pipeline.config import BloodSettings, KineticsSettings
 from gliaflow.pipeline.io.derivatives import atomic_write_json, write_tsv
 from gliaflow.pipeline.errors import ConfigError, ModelError
