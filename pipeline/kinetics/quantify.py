@@ -27,8 +27,9 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from gliaflow.pipeline.blood.input import (PlasmaInput, apply_delay, blood_settings_from_sidecars,
-                                           plasma_input_from_recordings)
+from gliaflow.pipeline.blood.delay import apply_delay
+from gliaflow.pipeline.blood.input import blood_settings_from_sidecars, plasma_input_from_recordings
+from gliaflow.pipeline.blood.tables import PlasmaInput
 from gliaflow.pipeline.config import BloodSettings, KineticsSettings
 from gliaflow.pipeline.errors import ModelError
 from gliaflow.pipeline.kinetics.base import FitResult

@@ -12,7 +12,7 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-from gliaflow.pipeline.blood.input import PlasmaInput
+from gliaflow.pipeline.blood.tables import PlasmaInput
 from gliaflow.pipeline.config import KineticsSettings
 from gliaflow.pipeline.errors import ModelError
 from gliaflow.pipeline.kinetics.base import FitResult, Frames, frame_weights

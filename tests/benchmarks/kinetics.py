@@ -27,7 +27,7 @@ def main(argv=None) -> int:
     import numpy as np
     import pandas as pd
 
-    from gliaflow.pipeline.blood.input import PlasmaInput
+    from gliaflow.pipeline.blood.tables import PlasmaInput
     from gliaflow.pipeline.config import KineticsSettings
     from gliaflow.pipeline.kinetics.base import Frames, frame_weights
     from gliaflow.pipeline.kinetics.forward import feng_input, tcm_tac

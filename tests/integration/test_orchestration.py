@@ -273,6 +273,33 @@ def test_disk_full_gives_clear_error_and_no_partial_file(tmp_path, cluster, api)
         subprocess.run(["umount", str(mnt)], check=False)
 
 
+def test_library_warnings_go_to_the_run_logs_not_the_terminal(tmp_path, api, capfd):
+    """A stage on a worker process and the group step in the driver make numpy warn (and the
+    stage makes nipype log): the lines land in OUT_DIR/.gliaflow/logs/, none on the terminal."""
+    from gliaflow.workflows.runlog import run_log_path, session_log_path
+
+    ds = bf.make_dataset(tmp_path / "ds", subjects=("01",))
+    (ds / "toy_knobs.json").write_text(json.dumps({"warn": "pet_motion"}))
+    out = tmp_path / "out"
+    d = discover(ds, require_blood=True)
+    cfg = load_config(overrides={"execution.nprocs": 1, "execution.mem_gb": 1.0})
+    # the cluster starts inside the test, so that its workers write to the captured terminal
+    o = run_cohort(d.sessions, stages=ts.STAGES, config=cfg, out_dir=out, level="all",
+                   group_step=ts.group_step_with_warning, profile="local", show_progress=False)
+    assert len(o.done) == 1 and o.group_error is None
+    term = capfd.readouterr()
+    for text in ("Warning", "toy interface output", "voxels left out"):
+        assert text not in term.out + term.err, text
+    sid = d.sessions[0].session_id
+    stage_log = session_log_path(out, sid).read_text()
+    assert "RuntimeWarning: divide by zero encountered in log" in stage_log
+    assert f"nipype.interface INFO: {sid}:pet_motion: toy interface output" in stage_log
+    assert o.log_path == run_log_path(out)
+    run_text = o.log_path.read_text()
+    assert "RuntimeWarning: invalid value encountered in divide" in run_text
+    assert "gliaflow.pipeline.stats.group INFO: toy: 3 voxels left out" in run_text
+
+
 def test_cli_dry_run_profiles_and_submit_scripts(tmp_path, capsys):
     ds = bf.make_dataset(tmp_path / "ds", subjects=("01", "02"))
     out = tmp_path / "out"

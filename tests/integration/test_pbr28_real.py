@@ -21,7 +21,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gliaflow.pipeline.blood.input import PlasmaInput, plasma_input_from_files
+from gliaflow.pipeline.blood.input import plasma_input_from_files
+from gliaflow.pipeline.blood.tables import PlasmaInput
 from gliaflow.pipeline.config import BloodSettings, KineticsSettings
 from gliaflow.pipeline.kinetics.base import Frames
 from gliaflow.pipeline.kinetics.compartment import fit_tcm

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gliaflow.pipeline.blood.input import PlasmaInput
+from gliaflow.pipeline.blood.tables import PlasmaInput
 from gliaflow.pipeline.config import KineticsSettings
 from gliaflow.pipeline.errors import ModelError
 from gliaflow.pipeline.kinetics.base import FitResult, FrameAverager, Frames, frame_weights

@@ -62,6 +62,18 @@ def truth_check(bids_dir: Path, table: Path) -> list[tuple[str, float, int]]:
 
 def run(args) -> int:
     from rich.console import Console
+
+    from gliaflow.workflows.runlog import run_log, run_log_path
+
+    console = Console(stderr=True, quiet=args.quiet)
+    out = args.out.absolute()
+    bids, deriv = out / "bids", out / "derivatives"
+    with run_log(run_log_path(deriv)) as log_file:  # library warnings: the log, not the terminal
+        return _demo(args, console, bids, deriv, log_file)
+
+
+def _demo(args, console, bids: Path, deriv: Path, log_file: Path) -> int:
+    """The demo's three steps (see :func:`run`); warnings are routed to ``log_file``."""
     from rich.table import Table
 
     from gliaflow.pipeline.config import ENGINE_FIELDS, load_config
@@ -79,9 +91,6 @@ def run(args) -> int:
         overrides["stats.tfce"] = False  # max-T only: TFCE costs ~0.8 CPU-s per permutation at 2 mm
     cfg = load_config(args.config, overrides=overrides)
     check_engines(cfg)
-    console = Console(stderr=True, quiet=args.quiet)
-    out = args.out.absolute()
-    bids, deriv = out / "bids", out / "derivatives"
     t0 = time.perf_counter()
     console.rule("gliaflow demo")
     console.print("This demo runs every stage on a simulated [11C]PBR28 cohort with known truth: "
@@ -133,4 +142,6 @@ def run(args) -> int:
         console.print(f"Dashboard: {dashboard}")
     for p in sorted(deriv.glob("sub-*.html"))[:3]:
         console.print(f"Report:    {p}")
+    if log_file.is_file():
+        console.print(f"Log:       {log_file} (library warnings)")
     return 1 if outcome.failed else 0

@@ -325,7 +325,8 @@ def run(args) -> int:
           + (f" (Prefect server start {tm['prefect_start_s']:.1f} s)" if "prefect_start_s" in tm else "")
           + (f"; ledger {outcome.ledger_path}" if outcome.ledger_path else "")
           + (f"; table {outcome.table_path}" if outcome.table_path else "")
-          + (f"; dashboard {outcome.dashboard_path}" if outcome.dashboard_path else ""))
+          + (f"; dashboard {outcome.dashboard_path}" if outcome.dashboard_path else "")
+          + (f"; library warnings in {outcome.log_path}" if outcome.log_path else ""))
     if outcome.group_error:
         print(f"gliaflow run: group step failed: {outcome.group_error}", file=sys.stderr)
     return 1 if (outcome.failed or outcome.group_error) else 0
