@@ -366,6 +366,7 @@ def test_code_version_follows_imported_pipeline_modules():
     from gliaflow.pipeline.session import SESSION_STAGES
 
     by = {s.name: s for s in SESSION_STAGES}
-    if "anat" in by:  # the anat stage's key changes when pipeline/anat.py changes
-        assert "anat.py" in {Path(f).name for f in code_files(by["anat"].func)}
+    if "anat" in by:  # the anat stage's key follows spatial/anatomy.py and the engine it runs
+        files = {str(Path(f).relative_to(Path(f).parents[1])) for f in code_files(by["anat"].func)}
+        assert {"spatial/anatomy.py", "engines/ants.py"} <= files, sorted(files)
     assert code_version(ts.anat) == code_version(ts.anat)
