@@ -30,11 +30,12 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from gliaflow.pipeline.config import STAGE_SETTINGS, PipelineConfig
+from gliaflow.pipeline.config import STAGE_SETTINGS, PipelineConfig, stage_settings
 from gliaflow.pipeline.engines import get_engine
 from gliaflow.pipeline.errors import ModelError
 from gliaflow.pipeline.io.bids import SessionSpec
 from gliaflow.pipeline.io.derivatives import Derivatives
+from gliaflow.pipeline.kinetics.names import METRIC_COLUMNS, PLASMA_MAPS, PVC_SUFFIX
 from gliaflow.pipeline.provenance import ToolCall
 
 __all__ = ["StageContext", "StageResult", "Stage", "SESSION_STAGES", "stage_by_name", "run_session",
@@ -254,17 +255,6 @@ def stage_labels_tacs(ctx: StageContext, upstream: dict[str, StageResult]) -> St
                        qc=qc, flags=flags, provenance=engine.provenance())
 
 
-REFERENCE_COLUMNS = {"whole_brain", "cerebellum_gm", "occipital_cortex"}
-
-# (model, parameter) -> tidy metric column of the cohort table
-METRIC_COLUMNS = {
-    ("suv", "SUV"): "suv", ("suvr", "SUVR"): "suvr", ("1tcm", "VT"): "vt_1tcm",
-    ("2tcm", "VT"): "vt_2tcm", ("2tcm", "K1"): "k1_2tcm", ("2tcm", "BPND"): "bpnd_2tcm",
-    ("logan", "VT"): "vt_logan", ("ma1", "VT"): "vt_ma1", ("srtm", "BPND"): "bpnd_srtm",
-    ("mrtm2", "BPND"): "bpnd_mrtm2", ("1tcm", "K1"): "k1_1tcm",
-}
-
-
 def tidy_metrics(fits: pd.DataFrame, suffix: str = "") -> pd.DataFrame:
     """Regional fit table (``<model>_<param>`` columns) -> tidy metrics (``suvr``, ``vt_2tcm`` ...).
 
@@ -296,6 +286,16 @@ def _blood_settings(settings, recordings) -> Any:
     return settings
 
 
+def _map_missing_input(name: str, body_weight_kg: float | None, injected_bq: float | None,
+                       plasma) -> str | None:
+    """Why a session cannot have the parametric map ``name`` (None when it can)."""
+    if name == "suv" and (body_weight_kg is None or injected_bq is None):
+        return "no body weight or injected activity"
+    if name in PLASMA_MAPS and plasma is None:
+        return "no arterial blood recording"
+    return None
+
+
 def stage_kinetics(ctx: StageContext, upstream: dict[str, StageResult]) -> StageResult:
     """Plasma input, regional models (without and with PVC) and voxelwise parametric maps."""
     import nibabel as nib
@@ -315,12 +315,13 @@ def stage_kinetics(ctx: StageContext, upstream: dict[str, StageResult]) -> Stage
     tacs = pd.read_csv(labels.outputs["tacs"], sep="\t", na_values="n/a")
     weight = _body_weight_kg(spec)
     models = list(ks.models)
-    if weight is None or spec.injected_bq is None:
-        models = [m for m in models if m != "suv"]
     outputs: dict[str, Path] = {}
     flags: list[str] = []
     plasma = None
     qc: dict[str, Any] = {}
+    if "suv" in models and (weight is None or spec.injected_bq is None):
+        models.remove("suv")
+        qc["models_skipped"] = {"suv": "no body weight or injected activity"}
     if spec.blood:
         recs = spec.blood
         blood_settings = _blood_settings(cfg.blood, recs)
@@ -329,10 +330,7 @@ def stage_kinetics(ctx: StageContext, upstream: dict[str, StageResult]) -> Stage
             labels=[r.label for r in recs], sources=[str(r.tsv) for r in recs])
         if blood_settings.dispersion_tau_s != cfg.blood.dispersion_tau_s:
             qc["blood_dispersion_tau_s"] = blood_settings.dispersion_tau_s
-        if cfg.blood.delay == "fit" and "whole_brain" not in tacs.columns:
-            raise ModelError("blood delay 'fit' needs the whole_brain reference region TAC; add "
-                             "'whole_brain' to atlas.reference_regions or set blood.delay: fixed",
-                             file=labels.outputs["tacs"], field="whole_brain")
+        # blood.delay 'fit' implies a whole_brain TAC (checked when the config is loaded)
         wb = tacs["whole_brain"].to_numpy() if "whole_brain" in tacs.columns else None
         plasma, _ = apply_delay(plasma, cfg.blood, spec.frame_start_s, spec.frame_end_s, wb)
         qc["blood_delay_s"] = float(plasma.delay_s)
@@ -343,7 +341,7 @@ def stage_kinetics(ctx: StageContext, upstream: dict[str, StageResult]) -> Stage
         models = [m for m in models if m not in PLASMA_MODELS]
         if dropped:
             flags.append("no_blood_data")
-            qc["models_skipped"] = {m: "no arterial blood recording" for m in dropped}
+            qc.setdefault("models_skipped", {}).update({m: "no arterial blood recording" for m in dropped})
     if not models:
         raise ModelError("no kinetic model can run for this session (no blood data, no weight)",
                          file=spec.pet, field="kinetics.models")
@@ -360,20 +358,20 @@ def stage_kinetics(ctx: StageContext, upstream: dict[str, StageResult]) -> Stage
         fits_pvc = fit_regional(tacs_pvc, plasma, ks, models=models, injected_bq=spec.injected_bq,
                                 body_weight_kg=weight, source=str(labels.outputs["tacs_pvc"]))
         outputs["fits_pvc_tsv"] = write_tsv(fits_pvc, ctx.path("kinetics", ".tsv", desc="fitsgtm"))
-        metrics = metrics.merge(tidy_metrics(fits_pvc, "_pvc"), on="region", how="outer")
+        metrics = metrics.merge(tidy_metrics(fits_pvc, PVC_SUFFIX), on="region", how="outer")
     outputs["regional_metrics"] = write_tsv(metrics, ctx.path("metrics", ".tsv", desc="regional"))
     n_failed = {m: int((~fits[f"{m}_converged"].astype(bool)).sum()) for m in models
                 if f"{m}_converged" in fits}
     qc["fits_not_converged"] = n_failed
 
     # voxelwise maps in PET space, then template space for group statistics
+    # the reference TAC is a column whenever a map needs it (checked when the config is loaded)
     ref_tac = tacs[ks.reference_region].to_numpy() if ks.reference_region in tacs else None
-    maps = [m for m in ks.maps if (m != "suv" or "suv" in models)
-            and (m not in ("logan", "ma1", "basis1tcm") or plasma is not None)
-            and (m != "suvr" or ref_tac is not None)]
-    if "suvr" in ks.maps and ref_tac is None:
-        flags.append("no_reference_region")
-        qc["maps_skipped"] = {"suvr": f"reference region {ks.reference_region!r} has no TAC"}
+    reasons = {m: _map_missing_input(m, weight, spec.injected_bq, plasma) for m in ks.maps}
+    skipped = {m: why for m, why in reasons.items() if why}
+    maps = [m for m in ks.maps if m not in skipped]
+    if skipped:
+        qc["maps_skipped"] = skipped
     if maps:
         img = nib.load(str(motion.outputs["pet_hmc"]))
         data = np.asarray(img.dataobj, dtype=np.float32) * np.float32(spec.pet_units_to_bqml)
@@ -415,7 +413,7 @@ def stage_report(ctx: StageContext, upstream: dict[str, StageResult]) -> StageRe
     if ctx.config.report.enabled:
         write_session_report(html, session_id=ctx.spec.session_id,
                              sidecar=ctx.spec.sidecar.model_dump(), outputs=outputs, qc=qc,
-                             flags=flags, config=ctx.config.model_dump(mode="json"), errors=[])
+                             flags=flags, config=stage_settings(ctx.config, "report"), errors=[])
     return StageResult(stage="report", outputs={"report_html": html} if ctx.config.report.enabled else {},
                        qc={}, flags=[])
 
@@ -466,7 +464,7 @@ def run_session(spec: SessionSpec, config: PipelineConfig, out_dir: Path, work_d
 
     Toolkit thread counts are process settings (ITK reads its variable once per process); set
     them before the first stage, e.g. with
-    :func:`gliaflow.workflows.services.worker_setup.set_process_threads`.
+    :func:`gliaflow.workflows.services.threads.set_process_threads`.
     """
     ctx = StageContext(spec=spec, config=config, out_dir=Path(out_dir), work_dir=Path(work_dir))
     results: dict[str, StageResult] = {}

@@ -83,7 +83,7 @@ def execute_stage(func: Callable, stage: str, spec: Any, config: Any, out_dir: s
         The StageResult as a JSON-able dict, plus ``seconds`` (wall time, s) in ``_meta``.
     """
     from gliaflow.pipeline.session import StageContext, StageResult
-    from gliaflow.workflows.services.worker_setup import set_process_threads
+    from gliaflow.workflows.services.threads import set_process_threads
 
     set_process_threads(n_threads)
     t0 = time.perf_counter()
