@@ -30,11 +30,12 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from gliaflow.pipeline.config import STAGE_SETTINGS, PipelineConfig
+from gliaflow.pipeline.config import STAGE_SETTINGS, PipelineConfig, stage_settings
 from gliaflow.pipeline.engines import get_engine
 from gliaflow.pipeline.io.bids import SessionSpec
 from gliaflow.pipeline.io.derivatives import Derivatives
-from gliaflow.pipeline.kinetics.metrics import METRIC_COLUMNS, tidy_metrics
+from gliaflow.pipeline.kinetics.metrics import tidy_metrics
+from gliaflow.pipeline.kinetics.names import METRIC_COLUMNS, PLASMA_MAPS
 from gliaflow.pipeline.provenance import ToolCall
 
 if TYPE_CHECKING:
@@ -279,12 +280,22 @@ def _write_regional_tables(ctx: StageContext, reg: RegionalKinetics, pvc_method:
     return outputs
 
 
+def _map_missing_input(name: str, body_weight_kg: float | None, injected_bq: float | None,
+                       plasma) -> str | None:
+    """Why a session cannot have the parametric map ``name`` (None when it can)."""
+    if name == "suv" and (body_weight_kg is None or injected_bq is None):
+        return "no body weight or injected activity"
+    if name in PLASMA_MAPS and plasma is None:
+        return "no arterial blood recording"
+    return None
+
+
 def _kinetic_maps(ctx: StageContext, upstream: dict[str, StageResult], tacs: pd.DataFrame,
                   reg: RegionalKinetics) -> StageResult:
     """Voxelwise parametric maps in PET space, then in template space (2 mm) for group statistics.
 
-    A map is made when its inputs exist: SUV when SUV ran, Logan/MA1/basis 1TCM with a plasma
-    input, SUVR with a reference-region TAC. Returns the maps' outputs, ``values["maps"]``, QC,
+    A map is made when its inputs exist (SUV: body weight and injected activity; Logan/MA1/basis
+    1TCM: a plasma input); the others are listed with the reason in ``qc["maps_skipped"]``. Returns the maps' outputs, ``values["maps"]``, QC,
     flags and provenance.
     """
     import nibabel as nib
@@ -295,14 +306,15 @@ def _kinetic_maps(ctx: StageContext, upstream: dict[str, StageResult], tacs: pd.
     from gliaflow.pipeline.spatial.spaces import pet_to_template
 
     spec, ks, plasma = ctx.spec, ctx.config.kinetics, reg.plasma
+    # the reference TAC is a column whenever a map needs it (checked when the config is loaded)
     ref_tac = tacs[ks.reference_region].to_numpy() if ks.reference_region in tacs else None
-    maps = [m for m in ks.maps if (m != "suv" or "suv" in reg.models)
-            and (m not in ("logan", "ma1", "basis1tcm") or plasma is not None)
-            and (m != "suvr" or ref_tac is not None)]
+    weight = _body_weight_kg(spec)
+    reasons = {m: _map_missing_input(m, weight, spec.injected_bq, plasma) for m in ks.maps}
+    skipped = {m: why for m, why in reasons.items() if why}
+    maps = [m for m in ks.maps if m not in skipped]
     res = StageResult(stage="kinetics", values={"maps": maps})
-    if "suvr" in ks.maps and ref_tac is None:
-        res.flags.append("no_reference_region")
-        res.qc["maps_skipped"] = {"suvr": f"reference region {ks.reference_region!r} has no TAC"}
+    if skipped:
+        res.qc["maps_skipped"] = skipped
     if not maps:
         return res
     labels, motion, anat, coreg = (upstream["labels_tacs"], upstream["pet_motion"], upstream["anat"],
@@ -314,8 +326,7 @@ def _kinetic_maps(ctx: StageContext, upstream: dict[str, StageResult], tacs: pd.
     mask = np.asarray(brain.dataobj) > 0 if brain is not None else None
     frames = Frames.from_arrays(spec.frame_start_s, spec.frame_end_s, source=str(spec.pet))
     arrays = parametric_maps(data, frames, ks, maps=maps, plasma=plasma, ref_tac=ref_tac,
-                             injected_bq=spec.injected_bq, body_weight_kg=_body_weight_kg(spec),
-                             mask=mask)
+                             injected_bq=spec.injected_bq, body_weight_kg=weight, mask=mask)
     del data
     engine = get_engine("ants")  # applies the ITK transform chains of the anat stage
     for name, arr in arrays.items():
@@ -331,6 +342,16 @@ def _kinetic_maps(ctx: StageContext, upstream: dict[str, StageResult], tacs: pd.
     return res
 
 
+def _map_missing_input(name: str, body_weight_kg: float | None, injected_bq: float | None,
+                       plasma) -> str | None:
+    """Why a session cannot have the parametric map ``name`` (None when it can)."""
+    if name == "suv" and (body_weight_kg is None or injected_bq is None):
+        return "no body weight or injected activity"
+    if name in PLASMA_MAPS and plasma is None:
+        return "no arterial blood recording"
+    return None
+
+
 def stage_kinetics(ctx: StageContext, upstream: dict[str, StageResult]) -> StageResult:
     """Plasma input, regional models (without and with PVC) and voxelwise parametric maps."""
     from gliaflow.pipeline.kinetics.quantify import quantify_regional
@@ -342,7 +363,7 @@ def stage_kinetics(ctx: StageContext, upstream: dict[str, StageResult]) -> Stage
                             body_weight_kg=_body_weight_kg(spec),
                             tacs_pvc=_read_tacs(pvc_tsv) if pvc_tsv else None,
                             source=str(labels.outputs["tacs"]), source_pvc=str(pvc_tsv))
-    pvc_method = labels.qc.get("pvc", {}).get("method", cfg.tacs.pvc)  # the correction that ran
+    pvc_method = labels.qc.get("pvc", {}).get("method", "pvc")  # the correction that ran
     outputs = _write_regional_tables(ctx, reg, pvc_method)
     maps = _kinetic_maps(ctx, upstream, tacs, reg)
     return StageResult(stage="kinetics", outputs={**outputs, **maps.outputs},
@@ -367,7 +388,7 @@ def stage_report(ctx: StageContext, upstream: dict[str, StageResult]) -> StageRe
     if ctx.config.report.enabled:
         write_session_report(html, session_id=ctx.spec.session_id,
                              sidecar=ctx.spec.sidecar.model_dump(), outputs=outputs, qc=qc,
-                             flags=flags, config=ctx.config.model_dump(mode="json"), errors=[])
+                             flags=flags, config=stage_settings(ctx.config, "report"), errors=[])
     return StageResult(stage="report", outputs={"report_html": html} if ctx.config.report.enabled else {},
                        qc={}, flags=[])
 
@@ -418,7 +439,7 @@ def run_session(spec: SessionSpec, config: PipelineConfig, out_dir: Path, work_d
 
     Toolkit thread counts are process settings (ITK reads its variable once per process); set
     them before the first stage, e.g. with
-    :func:`gliaflow.workflows.services.worker_setup.set_process_threads`.
+    :func:`gliaflow.workflows.services.threads.set_process_threads`.
     """
     ctx = StageContext(spec=spec, config=config, out_dir=Path(out_dir), work_dir=Path(work_dir))
     results: dict[str, StageResult] = {}

@@ -87,7 +87,7 @@ def execute_stage(func: Callable, stage: str, spec: Any, config: Any, out_dir: s
     (:func:`gliaflow.workflows.runlog.run_log`).
     """
     from gliaflow.pipeline.session import StageContext, StageResult
-    from gliaflow.workflows.services.worker_setup import set_process_threads
+    from gliaflow.workflows.services.threads import set_process_threads
 
     set_process_threads(n_threads)
     t0 = time.perf_counter()

@@ -1,21 +1,15 @@
 """Tidy regional metrics from a regional fit table: the columns of the cohort table.
 
-Pandas only (no model code), so :mod:`gliaflow.pipeline.session` can import it cheaply.
+Pandas only (no model code), so :mod:`gliaflow.pipeline.session` can import it cheaply; the
+metric names are in :mod:`gliaflow.pipeline.kinetics.names`.
 """
 from __future__ import annotations
 
 import pandas as pd
 
+from gliaflow.pipeline.kinetics.names import METRIC_COLUMNS
+
 __all__ = ["METRIC_COLUMNS", "tidy_metrics"]
-
-# (model, parameter) -> tidy metric column of the cohort table
-METRIC_COLUMNS = {
-    ("suv", "SUV"): "suv", ("suvr", "SUVR"): "suvr", ("1tcm", "VT"): "vt_1tcm",
-    ("2tcm", "VT"): "vt_2tcm", ("2tcm", "K1"): "k1_2tcm", ("2tcm", "BPND"): "bpnd_2tcm",
-    ("logan", "VT"): "vt_logan", ("ma1", "VT"): "vt_ma1", ("srtm", "BPND"): "bpnd_srtm",
-    ("mrtm2", "BPND"): "bpnd_mrtm2", ("1tcm", "K1"): "k1_1tcm",
-}
-
 
 def tidy_metrics(fits: pd.DataFrame, suffix: str = "") -> pd.DataFrame:
     """Regional fit table (``<model>_<param>`` columns) -> tidy metrics (``suvr``, ``vt_2tcm`` ...).

@@ -33,8 +33,9 @@ from gliaflow.pipeline.blood.tables import PlasmaInput
 from gliaflow.pipeline.config import BloodSettings, KineticsSettings
 from gliaflow.pipeline.errors import ModelError
 from gliaflow.pipeline.kinetics.base import FitResult
-from gliaflow.pipeline.kinetics.metrics import METRIC_COLUMNS, tidy_metrics
-from gliaflow.pipeline.kinetics.regional import (PLASMA_MODELS, curves_table, fit_regional_results,
+from gliaflow.pipeline.kinetics.metrics import tidy_metrics
+from gliaflow.pipeline.kinetics.names import METRIC_COLUMNS, PLASMA_MODELS, PVC_SUFFIX
+from gliaflow.pipeline.kinetics.regional import (curves_table, fit_regional_results,
                                                  results_table, split_tac_table)
 
 __all__ = ["METRIC_COLUMNS", "tidy_metrics", "select_models", "plasma_input_for_tacs",
@@ -236,7 +237,7 @@ def quantify_regional(tacs: pd.DataFrame, recordings: Sequence = (),
     if tacs_pvc is not None:
         results_pvc = fit(tacs_pvc, source_pvc)
         fits_pvc = results_table(results_pvc)
-        metrics = metrics.merge(tidy_metrics(fits_pvc, "_pvc"), on="region", how="outer")
+        metrics = metrics.merge(tidy_metrics(fits_pvc, PVC_SUFFIX), on="region", how="outer")
     qc["fits_not_converged"] = {m: int(sum(not r.converged for r in results[m].values()))
                                 for m in models}
     return RegionalKinetics(models=models, skipped=skipped, plasma=plasma, blood_settings=used,

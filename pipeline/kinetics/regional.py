@@ -18,14 +18,12 @@ from gliaflow.pipeline.errors import ModelError
 from gliaflow.pipeline.kinetics.base import FitResult, Frames, frame_weights
 from gliaflow.pipeline.kinetics.compartment import TCMModel, fit_tcm
 from gliaflow.pipeline.kinetics.graphical import fit_logan, fit_ma1
+from gliaflow.pipeline.kinetics.names import PLASMA_MODELS, REFERENCE_MODELS
 from gliaflow.pipeline.kinetics.reftissue import fit_mrtm, fit_mrtm2, fit_srtm
 from gliaflow.pipeline.kinetics.suv import fit_suv, fit_suvr
 
 __all__ = ["split_tac_table", "table_weights", "fit_regional_results", "fit_regional", "results_table",
            "PLASMA_MODELS", "REFERENCE_MODELS"]
-
-PLASMA_MODELS = ("1tcm", "2tcm", "logan", "ma1")
-REFERENCE_MODELS = ("suvr", "srtm", "mrtm2")
 
 
 def split_tac_table(tacs: pd.DataFrame, source: str = "TAC table") -> tuple[Frames, pd.DataFrame]:

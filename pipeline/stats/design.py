@@ -269,9 +269,7 @@ def build_design(subjects: pd.DataFrame, settings: StatsSettings, file: str | Pa
     if gcol not in subjects.columns:
         raise StatsError("group column is missing (stats.group_column)", file=file, field=gcol)
     covs = list(dict.fromkeys(settings.covariates))
-    for c in covs:
-        if c == gcol:
-            raise StatsError("the group column cannot also be a covariate", file=file, field=c)
+    for c in covs:  # never the group column (StatsSettings rejects that)
         if c not in subjects.columns:
             raise StatsError("covariate named in stats.covariates is not a column of the table "
                              f"(columns: {sorted(map(str, subjects.columns))})", file=file, field=c)

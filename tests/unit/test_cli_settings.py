@@ -49,7 +49,7 @@ DEFAULT = load_config()
 
 # flag -> (the effective setting it reaches, the value, the stage whose cache key it changes)
 FLAGS = [
-    (["--atlas", "aal"], lambda c: c.atlas.name, "aal", "anat"),
+    (["--atlas", "aal"], lambda c: c.atlas.name, "aal", "labels_tacs"),
     (["--reference-region", "cerebellum_gm"], lambda c: c.kinetics.reference_region,
      "cerebellum_gm", "kinetics"),
     (["--pvc", "rbv"], lambda c: c.tacs.pvc, "rbv", "labels_tacs"),
@@ -128,7 +128,7 @@ def test_custom_atlas_flags(tmp_path, monkeypatch):
     cfg = build_config(run_args(tmp_path, "--atlas", img.name, "--atlas-labels", tsv.name))
     assert cfg.atlas.name == "custom"
     assert cfg.atlas.image == img and cfg.atlas.labels == tsv  # absolute, for jobs elsewhere
-    assert stage_hash(cfg, "anat") != stage_hash(DEFAULT, "anat")
+    assert stage_hash(cfg, "labels_tacs") != stage_hash(DEFAULT, "labels_tacs")
     check_settings(cfg, bf.make_dataset(tmp_path / "bids"), [], strict_group=False)  # it loads
     # an embedded atlas named on the command line replaces a file's custom atlas
     f = tmp_path / "c.yaml"
@@ -154,7 +154,8 @@ def test_bad_atlas_fails_before_any_work(tmp_path, capsys):
     ds = bf.make_dataset(tmp_path / "bids", subjects=("01",))
     out = tmp_path / "out"
     assert cli_main(["run", str(ds), str(out), "participant", "--atlas", "nonexistent-atlas"]) == 2
-    assert "unknown atlas 'nonexistent-atlas'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "unknown atlas" in err and "nonexistent-atlas" in err and "atlas.name" in err
     assert cli_main(["run", str(ds), str(out), "participant", "--atlas", str(tmp_path / "no.nii.gz"),
                      "--atlas-labels", str(tmp_path / "no.tsv")]) == 2
     assert "no.nii.gz" in capsys.readouterr().err

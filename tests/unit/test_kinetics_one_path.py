@@ -79,7 +79,8 @@ def session(tmp_path_factory):
 
 def run_stage(spec, tmp_path, tacs: dict[str, Path], pvc_method: str = "rbv", **kinetics):
     """The kinetics stage on TAC files given as the labels_tacs stage's outputs (no maps)."""
-    cfg = PipelineConfig.model_validate({"kinetics": {"maps": [], **kinetics}})
+    cfg = PipelineConfig.model_validate({"kinetics": {"maps": [], **kinetics},
+                                         "stats": {"voxelwise": False}})
     ctx = StageContext(spec=spec, config=cfg, out_dir=tmp_path / "derivatives",
                        work_dir=tmp_path / "work")
     labels = StageResult(stage="labels_tacs", outputs=tacs, qc={"pvc": {"method": pvc_method}})

@@ -65,8 +65,9 @@ def test_group_levels_not_matching_labels_names_levels_and_flag(tmp_path):
     one_level = participants(tmp_path, labels=("FM", "FM"))
     msg = by_severity(check_cohort_settings(one_level, FM_HC), "error")[0].message
     assert "has levels FM" in msg and "needs participants of two levels" in msg
-    same = check_cohort_settings(df, StatsSettings(patient_label="FM", control_label="FM"))
-    assert "both 'FM'" in by_severity(same, "error")[0].message
+    # equal labels cannot even be configured (rejected when the settings load)
+    with pytest.raises(ValueError, match="must differ"):
+        StatsSettings(patient_label="FM", control_label="FM")
 
 
 def test_missing_group_column(tmp_path):

@@ -160,13 +160,13 @@ def _dask_config() -> dict[str, Any]:
 
 def _worker_env(extra_env: dict[str, str] | None, threads: int) -> dict[str, str]:
     from gliaflow.workflows.services.prefect_server import quiet_prefect_env
+    from gliaflow.workflows.services.threads import thread_environment
 
     env = {k: os.environ.get(k, v) for k, v in quiet_prefect_env().items()}
     if os.environ.get("PREFECT_API_URL"):
         env["PREFECT_API_URL"] = os.environ["PREFECT_API_URL"]
-    env.update({"OMP_NUM_THREADS": str(threads), "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS": str(threads),
-           "OPENBLAS_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-           "NIPYPE_NO_ET": "1"})
+    env.update(thread_environment(threads))
+    env["NIPYPE_NO_ET"] = "1"
     env.update(extra_env or {})
     return env
 
