@@ -15,6 +15,11 @@ else default_prefix=${XDG_CACHE_HOME:-$HOME/.cache}/gliaflow/fsl-6.0.0; fi
 prefix=${2:-${GLIAFLOW_FSL_CACHE:-$default_prefix}}
 needed="mcflirt flirt bet bet2 fast fnirt fnirtfileutils invwarp applywarp convert_xfm"
 have_all() { for b in $needed; do [ -x "$prefix/bin/$b" ] || return 1; done; }
+# runtime: bet's robust mode (-R) runs dc; the binaries need OpenBLAS and gfortran
+if [ "${INSTALL_DEPS:-0}" = 1 ] && ! command -v dc >/dev/null 2>&1; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dc libopenblas0 libgfortran5 >/dev/null
+fi
+command -v dc >/dev/null 2>&1 || echo "warning: 'dc' is missing: FSL bet -R (robust centre) will fail" >&2
 if have_all && [ -f "$prefix/etc/fslversion" ]; then
     echo "FSL cached at $prefix" >&2
 else

@@ -275,7 +275,8 @@ class FslEngine(Engine):
         out = self._run(fsl.FAST(in_files=[str(src)], img_type=1, number_classes=3,
                                  output_biasfield=True, no_pve=True, out_basename=str(d / "fast")),
                         "bias correction", d)
-        field = np.asarray(nib.load(out.bias_field[0]).dataobj, dtype=np.float32)
+        bias = out.bias_field if isinstance(out.bias_field, str) else out.bias_field[0]
+        field = np.asarray(nib.load(bias).dataobj, dtype=np.float32)
         field = np.where(np.isfinite(field) & (field > 1e-3), field, 1.0)
         return nib.Nifti1Image((data / field).astype(np.float32), t1.affine)
 
