@@ -35,7 +35,7 @@ from gliaflow.pipeline.engines import get_engine
 from gliaflow.pipeline.errors import ModelError
 from gliaflow.pipeline.io.bids import SessionSpec
 from gliaflow.pipeline.io.derivatives import Derivatives
-from gliaflow.pipeline.provenance import ToolCall
+from gliaflow.pipeline.provenance import ToolCall, merge_calls
 
 __all__ = ["StageContext", "StageResult", "Stage", "SESSION_STAGES", "stage_by_name", "run_session",
            "tidy_metrics", "METRIC_COLUMNS", "GROUP_STEP"]
@@ -251,7 +251,8 @@ def stage_labels_tacs(ctx: StageContext, upstream: dict[str, StageResult]) -> St
     qc["volumes_pet_mm3"] = dict(zip(labels.volumes_pet["name"], labels.volumes_pet["volume_mm3"].round(1)))
     flags = [f for part in ("labels", "tacs", "tacs_pvc") for f in qc.get(part, {}).get("flags", [])]
     return StageResult(stage="labels_tacs", outputs=outputs, values={"atlas": atlas.name, "seg": seg},
-                       qc=qc, flags=flags, provenance=engine.provenance())
+                       qc=qc, flags=flags, provenance=merge_calls(
+                           engine.provenance() + labels.provenance + res["provenance"]))
 
 
 REFERENCE_COLUMNS = {"whole_brain", "cerebellum_gm", "occipital_cortex"}
@@ -304,8 +305,8 @@ def stage_kinetics(ctx: StageContext, upstream: dict[str, StageResult]) -> Stage
     from gliaflow.pipeline.io.derivatives import save_nifti, write_tsv
     from gliaflow.pipeline.kinetics.base import Frames
     from gliaflow.pipeline.kinetics.parametric import parametric_maps
-    from gliaflow.pipeline.kinetics.regional import (PLASMA_MODELS, curves_table, fit_regional, fit_regional_results,
-                                    results_table)
+    from gliaflow.pipeline.kinetics.regional import (PLASMA_MODELS, curves_table, fit_regional_results,
+                                    results_provenance, results_table)
     from gliaflow.pipeline.spatial.spaces import pet_to_template
 
     spec, cfg = ctx.spec, ctx.config
@@ -355,10 +356,14 @@ def stage_kinetics(ctx: StageContext, upstream: dict[str, StageResult]) -> Stage
     outputs["fit_curves_tsv"] = write_tsv(curves_table(results, tacs),
                                           ctx.path("kinetics", ".tsv", desc="curves"))
     metrics = tidy_metrics(fits)
+    calls = (plasma.provenance if plasma is not None else []) + results_provenance(results)
     if "tacs_pvc" in labels.outputs:
         tacs_pvc = pd.read_csv(labels.outputs["tacs_pvc"], sep="\t", na_values="n/a")
-        fits_pvc = fit_regional(tacs_pvc, plasma, ks, models=models, injected_bq=spec.injected_bq,
-                                body_weight_kg=weight, source=str(labels.outputs["tacs_pvc"]))
+        results_pvc = fit_regional_results(tacs_pvc, plasma, ks, models=models,
+                                           injected_bq=spec.injected_bq, body_weight_kg=weight,
+                                           source=str(labels.outputs["tacs_pvc"]))
+        fits_pvc = results_table(results_pvc)
+        calls += results_provenance(results_pvc)
         outputs["fits_pvc_tsv"] = write_tsv(fits_pvc, ctx.path("kinetics", ".tsv", desc="fitsgtm"))
         metrics = metrics.merge(tidy_metrics(fits_pvc, "_pvc"), on="region", how="outer")
     outputs["regional_metrics"] = write_tsv(metrics, ctx.path("metrics", ".tsv", desc="regional"))
@@ -383,6 +388,7 @@ def stage_kinetics(ctx: StageContext, upstream: dict[str, StageResult]) -> Stage
         frames = Frames.from_arrays(spec.frame_start_s, spec.frame_end_s, source=str(spec.pet))
         arrays = parametric_maps(data, frames, ks, maps=maps, plasma=plasma, ref_tac=ref_tac,
                                  injected_bq=spec.injected_bq, body_weight_kg=weight, mask=mask)
+        calls += arrays.provenance
         del data
         engine = get_engine("ants")  # applies the ITK transform chains of the anat stage
         for name, arr in arrays.items():
@@ -397,7 +403,8 @@ def stage_kinetics(ctx: StageContext, upstream: dict[str, StageResult]) -> Stage
     return StageResult(stage="kinetics", outputs=outputs,
                        values={"models": models, "maps": maps,
                                "delay_s": float(plasma.delay_s) if plasma is not None else None},
-                       qc=qc, flags=flags, provenance=engine.provenance() if maps else [])
+                       qc=qc, flags=flags,
+                       provenance=merge_calls(calls + (engine.provenance() if maps else [])))
 
 
 def stage_report(ctx: StageContext, upstream: dict[str, StageResult]) -> StageResult:
@@ -407,15 +414,18 @@ def stage_report(ctx: StageContext, upstream: dict[str, StageResult]) -> StageRe
     outputs: dict[str, Path] = {}
     qc: dict[str, Any] = {}
     flags: list[str] = []
+    calls: list[ToolCall] = []
     for name, res in upstream.items():
         outputs.update(res.outputs)
         qc[name] = res.qc
         flags += res.flags
+        calls += res.provenance
     html = ctx.out_dir / f"{ctx.spec.session_id}.html"
     if ctx.config.report.enabled:
         write_session_report(html, session_id=ctx.spec.session_id,
                              sidecar=ctx.spec.sidecar.model_dump(), outputs=outputs, qc=qc,
-                             flags=flags, config=ctx.config.model_dump(mode="json"), errors=[])
+                             flags=flags, config=ctx.config.model_dump(mode="json"), errors=[],
+                             provenance=calls)
     return StageResult(stage="report", outputs={"report_html": html} if ctx.config.report.enabled else {},
                        qc={}, flags=[])
 

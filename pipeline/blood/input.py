@@ -43,6 +43,7 @@ from scipy.optimize import curve_fit, nnls
 from gliaflow.pipeline.config import BloodSettings
 from gliaflow.pipeline.errors import BloodDataError
 from gliaflow.pipeline.numerics import exp_conv
+from gliaflow.pipeline.provenance import STEP_DELAY, STEP_PLASMA, ToolCall, gliaflow_call, library_call
 
 __all__ = [
     "PlasmaInput",
@@ -84,6 +85,8 @@ class PlasmaInput(BaseModel):
         Dispersion constant applied to continuous recordings (s).
     notes : list of str
         What was done to the data that a reader should know (extrapolation, clipping...).
+    provenance : list of ToolCall
+        What built the input (gliaflow's functions and the library routines they called).
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -99,6 +102,7 @@ class PlasmaInput(BaseModel):
     plasma_to_blood: str = ""
     dispersion_tau_s: float | None = None
     notes: list[str] = Field(default_factory=list)
+    provenance: list[ToolCall] = Field(default_factory=list)
 
     @property
     def dt_s(self) -> float:
@@ -531,6 +535,7 @@ def plasma_input_from_tables(tables: Sequence[pd.DataFrame], settings: BloodSett
     pf_t, pf_y = pf_t[o], pf_y[o]
     model = s.parent_fraction_model
     params: dict[str, float] = {}
+    calls = [gliaflow_call(STEP_PLASMA, "gliaflow.pipeline.blood.input.plasma_input_from_tables")]
     if model == "none":
         if pf_t.size:
             notes.append("parent-fraction samples ignored (parent_fraction_model 'none': the "
@@ -546,12 +551,16 @@ def plasma_input_from_tables(tables: Sequence[pd.DataFrame], settings: BloodSett
     else:
         params = fit_parent_fraction(pf_t, pf_y, model, source=", ".join(sources))
         pf_g = parent_fraction_curve(grid, model, params)
+        calls += [gliaflow_call(STEP_PLASMA, f"gliaflow.pipeline.blood.input.fit_parent_fraction"
+                                f"(model='{model}')"),
+                  library_call(STEP_PLASMA, "SciPy", "scipy.optimize.curve_fit",
+                               count=len(PF_MODELS[model][4]))]  # one fit per start
     parent = pl_g * pf_g
 
     pi = PlasmaInput(t_s=grid, parent_bqml=parent, whole_blood_bqml=wb_g, plasma_total_bqml=pl_g,
                      parent_fraction=pf_g, parent_fraction_model=model,
                      parent_fraction_params=params, plasma_to_blood=s.plasma_to_blood,
-                     dispersion_tau_s=s.dispersion_tau_s, notes=notes)
+                     dispersion_tau_s=s.dispersion_tau_s, notes=notes, provenance=calls)
     return pi
 
 
@@ -601,7 +610,7 @@ def estimate_delay(plasma: PlasmaInput, frame_start_s, frame_end_s, tac_bqml,
     delay_s : float
     info : dict
         ``K1`` (mL/cm3/min), ``k2`` (1/min), ``vB``, ``ssr`` of the best fit, ``at_bound`` (1.0
-        when the delay is at an end of the range).
+        when the delay is at an end of the range), ``nnls_solves`` (scipy.optimize.nnls calls).
     """
     from gliaflow.pipeline.numerics import frame_mean_matrix
 
@@ -634,7 +643,8 @@ def estimate_delay(plasma: PlasmaInput, frame_start_s, frame_end_s, tac_bqml,
     at_bound = float(np.isclose(d, delays[0]) or np.isclose(d, delays[-1]))
     vb = min(vb, 1.0)
     k1 = a / (1 - vb) if vb < 1 else math.nan
-    return d, {"K1": k1, "k2": k2, "vB": vb, "ssr": ssr, "at_bound": at_bound}
+    return d, {"K1": k1, "k2": k2, "vB": vb, "ssr": ssr, "at_bound": at_bound,
+               "nnls_solves": float(len(delays) * len(k2s))}
 
 
 def apply_delay(plasma: PlasmaInput, settings: BloodSettings, frame_start_s=None, frame_end_s=None,
@@ -647,7 +657,8 @@ def apply_delay(plasma: PlasmaInput, settings: BloodSettings, frame_start_s=None
     Returns
     -------
     plasma : PlasmaInput
-        Shifted input (``delay_s`` records the total shift).
+        Shifted input (``delay_s`` records the total shift; a fitted delay adds its records to
+        ``provenance``).
     info : dict
         Fit information (empty for a fixed delay).
 
@@ -662,4 +673,7 @@ def apply_delay(plasma: PlasmaInput, settings: BloodSettings, frame_start_s=None
         raise BloodDataError("delay 'fit' needs a whole-brain TAC and its frames", field="delay")
     d, info = estimate_delay(plasma, frame_start_s, frame_end_s, tac_bqml, settings.delay_range_s,
                              60.0 * settings.delay_fit_end_min)
-    return plasma.shifted(d), info
+    calls = [gliaflow_call(STEP_DELAY, "gliaflow.pipeline.blood.input.estimate_delay"),
+             library_call(STEP_DELAY, "SciPy", "scipy.optimize.nnls", count=int(info.pop("nnls_solves")))]
+    shifted = plasma.shifted(d)
+    return shifted.model_copy(update={"provenance": plasma.provenance + calls}), info

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import nibabel as nib
 import numpy as np
@@ -23,7 +23,7 @@ from gliaflow.pipeline.io.derivatives import atomic_write_text
 from gliaflow.pipeline.report import figures as F
 from gliaflow.pipeline.report.html import (badge, esc, figure, flatten, guarded_section, kv_table, page, section, table,
                    unavailable)
-from gliaflow.pipeline.report.methods import group_methods_text, methods_html
+from gliaflow.pipeline.report.methods import methods_html, methods_text, provenance_table
 
 __all__ = ["robust_z", "qc_outliers", "sessions_table", "write_cohort_dashboard", "QC_CATEGORIES"]
 
@@ -293,7 +293,9 @@ def write_cohort_dashboard(out_html: str | Path, *, sessions: pd.DataFrame,
                            voxelwise: Mapping[str, Any] | None = None,
                            stats_settings: Mapping[str, Any] | None = None, dpi: int = 80,
                            alpha: float | None = None, threshold: float = 3.5,
-                           title: str = "gliaflow cohort dashboard") -> Path:
+                           title: str = "gliaflow cohort dashboard",
+                           provenance: Iterable[Any] | None = None,
+                           config: Mapping[str, Any] | None = None) -> Path:
     """Write the cohort HTML dashboard (atomically).
 
     Parameters
@@ -316,13 +318,20 @@ def write_cohort_dashboard(out_html: str | Path, *, sessions: pd.DataFrame,
     voxelwise : dict, optional
         Statistic maps and cluster tables (see :func:`_voxelwise_items`).
     stats_settings : dict, optional
-        ``StatsSettings`` dump: group/genotype column names, alpha, and the methods paragraph.
+        ``StatsSettings`` dump: group/genotype column names, alpha (and the stats settings of
+        the methods text when ``config`` is not given).
     dpi : int
         Figure resolution.
     alpha : float, optional
         Significance level for FDR-corrected p (default ``stats_settings['fdr_alpha']`` or 0.05).
     threshold : float
         Robust-z outlier threshold (3.5).
+    provenance : list of ToolCall (or their JSON dumps), optional
+        What ran: the union of the sessions' stage records and the group step's; the only
+        source of the methods text and the "What ran" table.
+    config : dict, optional
+        The effective configuration (``PipelineConfig.model_dump(mode="json")``): the settings
+        the methods text states.
 
     Returns
     -------
@@ -489,8 +498,12 @@ def write_cohort_dashboard(out_html: str | Path, *, sessions: pd.DataFrame,
         return html or unavailable("Voxelwise results", "no maps or cluster tables")
 
     def methods() -> str:
-        paras, cited = group_methods_text(st)
-        return methods_html(paras, cited)
+        records = list(provenance or [])
+        if not records:
+            return unavailable("Methods text", "no provenance records: nothing to describe")
+        paras, cited = methods_text(records, dict(config) if config is not None else {"stats": st})
+        return (methods_html(paras, cited) + "<details><summary>What ran (every recorded tool call)"
+                "</summary>" + table(provenance_table(records), max_rows=500) + "</details>")
 
     body = guarded("overview", "Overview", overview)
     body += guarded("sessions", "Sessions", sessions_table)
@@ -500,7 +513,7 @@ def write_cohort_dashboard(out_html: str | Path, *, sessions: pd.DataFrame,
     body += guarded("genotype", "Metric by group and genotype", genotype)
     body += guarded("clinical", "Clinical scores", correlations)
     body += guarded("voxelwise", "Voxelwise results", voxel)
-    body += guarded("methods", "Group methods", methods)
+    body += guarded("methods", "Methods", methods)
     if warns:
         body += section("warnings", "Warnings", "<ul>" + "".join(f"<li>{esc(w)}</li>" for w in warns) + "</ul>")
     n_done = int((sessions["status"] == "done").sum())
