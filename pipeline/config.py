@@ -5,7 +5,10 @@ Precedence, lowest to highest: built-in defaults < config file (YAML or TOML) < 
 (CLI flags, passed as a nested dict or as dotted keys).
 
 Unknown keys and bad values are rejected with every offending field named, as a
-:class:`~gliaflow.pipeline.errors.ConfigError`.
+:class:`~gliaflow.pipeline.errors.ConfigError`. So are values that could never run: an atlas,
+region or reference region that does not exist, a kinetic model or map whose reference region
+has no TAC, group statistics on maps or metrics the kinetics stage does not make, and so on
+(:func:`unrunnable_settings` lists the rules that involve several sections).
 """
 from __future__ import annotations
 
@@ -15,13 +18,17 @@ import json
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, FilePath, ValidationError, field_validator,
+                      model_validator)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from gliaflow.pipeline.errors import ConfigError
+from gliaflow.pipeline.kinetics.names import (METRIC_COLUMNS, PVC_SUFFIX, REFERENCE_MAPS,
+                                              REFERENCE_MODELS)
 
 __all__ = [
     "MotionSettings",
@@ -37,8 +44,10 @@ __all__ = [
     "PipelineConfig",
     "STAGE_SETTINGS",
     "load_config",
+    "unrunnable_settings",
     "config_hash",
     "stage_hash",
+    "stage_settings",
     "write_effective_config",
 ]
 
@@ -49,9 +58,25 @@ class _Settings(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
 
 
+def _invalid(title: str, problems: list[tuple[tuple[str, ...], str, Any]]) -> ValidationError:
+    """One validation error naming every problem (location of the setting, reason, value)."""
+    return ValidationError.from_exception_data(title, [
+        InitErrorDetails(type=PydanticCustomError("unrunnable", "{reason}", {"reason": reason}),
+                         loc=loc, input=value) for loc, reason, value in problems])
+
+
+#: iterations of one resolution level of an ANTs optimisation (0 skips the level)
+Iterations = Annotated[int, Field(ge=0)]
+#: a shrink factor of an ANTs resolution level
+ShrinkFactor = Annotated[int, Field(ge=1)]
+#: a resolution in mm
+Resolution = Annotated[float, Field(gt=0)]
+
+
 #: toolkits behind the engine seam (gliaflow.pipeline.engines); one per step
-EngineName = Literal["ants"]
-_ENGINE_DOC = "Toolkit that runs this step (see gliaflow.pipeline.engines): 'ants' (ANTsPy, embedded)."
+EngineName = Literal["ants", "fsl"]
+_ENGINE_DOC = ("Toolkit that runs this step (see gliaflow.pipeline.engines): 'ants' (ANTsPy, embedded) or "
+               "'fsl' (FSL at $FSLDIR through Nipype).")
 
 
 class MotionSettings(_Settings):
@@ -71,8 +96,9 @@ class MotionSettings(_Settings):
         "starting at or after this time (s).")
     smoothing_fwhm_mm: float = Field(4.0, ge=0, description="Gaussian smoothing before registration.")
     fd_radius_mm: float = Field(50.0, gt=0, description="Sphere radius for framewise displacement.")
-    iterations: list[int] = Field(default_factory=lambda: [60, 30], min_length=1)
-    shrink_factors: list[int] = Field(
+    iterations: list[Iterations] = Field(default_factory=lambda: [60, 30], min_length=1,
+                                         description="Rigid-registration iterations per level.")
+    shrink_factors: list[ShrinkFactor] = Field(
         default_factory=lambda: [4, 2], min_length=1, description="Per-level shrink factors of the "
         "rigid registration (4, 2 on 2 mm PET: ~0.5 s per frame, sub-0.1 mm error on the phantom).")
     sampling_rate: float = Field(0.25, gt=0, le=1, description="Fraction of voxels sampled by the "
@@ -101,13 +127,15 @@ class RegistrationSettings(_Settings):
                                    "(multiples of it about x, z, then y).")
     sampling_rate: float = Field(0.25, gt=0, le=1, description="Fraction of voxels sampled by the "
                                  "Mattes metric.")
-    coarse_resolution_mm: list[float] = Field(
+    coarse_resolution_mm: list[Resolution] = Field(
         default_factory=lambda: [8.0, 4.0], min_length=1,
         description="Resolution levels (mm; shrink factor = value / T1 voxel size) for each start.")
-    coarse_iterations: list[int] = Field(default_factory=lambda: [100, 50], min_length=1)
-    fine_resolution_mm: list[float] = Field(default_factory=lambda: [2.0], min_length=1,
-                                            description="Levels refining the best start (mm).")
-    fine_iterations: list[int] = Field(default_factory=lambda: [40], min_length=1)
+    coarse_iterations: list[Iterations] = Field(default_factory=lambda: [100, 50], min_length=1,
+                                                description="Iterations per coarse level.")
+    fine_resolution_mm: list[Resolution] = Field(default_factory=lambda: [2.0], min_length=1,
+                                                 description="Levels refining the best start (mm).")
+    fine_iterations: list[Iterations] = Field(default_factory=lambda: [40], min_length=1,
+                                              description="Iterations per fine level.")
     check_step_mm: float = Field(3.0, gt=0, description="Step of the local-optimality check (mm).")
     optimum_tolerance: float = Field(
         0.01, ge=0, description="Relative NMI gain above which a result is not at the optimum.")
@@ -131,50 +159,107 @@ class SegmentationSettings(_Settings):
     normalization_engine: EngineName = Field("ants", description="Toolkit for the T1w-to-template "
                                              "registration: 'ants' (affine + SyN).")
     n4: bool = True
-    template_resolution_mm: float = Field(2.0, gt=0, le=4, description="Resolution at which the "
-                                          "nonlinear T1-to-template registration runs.")
+    template_resolution_mm: float = Field(2.0, ge=0.5, le=4, description="Resolution (mm) at "
+                                          "which the nonlinear T1-to-template registration runs "
+                                          "(template grids exist from 0.5 mm).")
     transform: Literal["SyN", "Affine"] = Field(
         "SyN", description="T1w-to-template transform: 'SyN' (affine then nonlinear) or 'Affine' "
         "(12 dof only).")
-    syn_iterations: list[int] = Field(default_factory=lambda: [40, 20, 10], min_length=1,
+    syn_iterations: list[Iterations] = Field(default_factory=lambda: [40, 20, 10], min_length=1,
                                       description="SyN iterations per level, shrink factors "
                                       "2^(n-1)..1 of the template_resolution_mm grid.")
     prior_weight: float = Field(0.25, ge=0, le=1, description="Weight of template priors in Atropos.")
     n4_fit_resolution_mm: float = Field(6.0, ge=1, le=12, description="Grid spacing (mm) on which "
                                         "N4 fits the bias field (cost ~ 1/spacing^3).")
-    n4_iterations: list[int] = Field(default_factory=lambda: [50, 40], min_length=1,
+    n4_iterations: list[Iterations] = Field(default_factory=lambda: [50, 40], min_length=1,
                                      description="N4 iterations per B-spline fitting level.")
-    affine_resolution_mm: float = Field(4.0, gt=0, le=8, description="Template resolution (mm) "
+    affine_resolution_mm: float = Field(4.0, ge=0.5, le=8, description="Template resolution (mm) "
                                         "of the initial affine T1-to-template registration.")
-    affine_iterations: list[int] = Field(default_factory=lambda: [200, 100], min_length=1,
+    affine_iterations: list[Iterations] = Field(default_factory=lambda: [200, 100], min_length=1,
                                          description="Affine iterations per level (shrink 2^k..1).")
     atropos_iterations: int = Field(3, ge=1, le=50, description="Atropos EM iterations.")
     segmentation_resolution_mm: float | None = Field(
         2.0, gt=0, le=4, description="Atropos runs on the T1w resampled to this (mm) and the "
         "probabilities are brought back linearly; None segments at the native resolution.")
-    atropos_mrf: str = Field("[0.1,1x1x1]", description="Atropos MRF term [smoothing,radius].")
+    atropos_mrf: str = Field("[0.1,1x1x1]", pattern=r"^\[\d*\.?\d+,\d+x\d+x\d+\]$",
+                             description="Atropos MRF term [smoothing,radius], e.g. [0.1,1x1x1].")
 
 
 class AtlasSettings(_Settings):
     """Which atlas defines the regions, and the reference regions."""
 
     name: str = Field("harvard-oxford", description="Embedded atlas name (harvard-oxford, aal, "
-                      "desikan-killiany) or 'custom' with image+labels.")
-    image: Path | None = Field(None, description="User atlas image in template (MNI152) space.")
-    labels: Path | None = Field(None, description="TSV with columns index, name for `image`.")
+                      "desikan-killiany; aliases such as 'ho' or 'dk' are read as these) or "
+                      "'custom' with image+labels.")
+    image: FilePath | None = Field(None, description="User atlas image in template (MNI152) space.")
+    labels: FilePath | None = Field(None, description="TSV with columns index, name for `image`.")
     regions: list[str] | None = Field(None, description="Keep only these regions (names or indices); "
                                       "None keeps all.")
     reference_regions: list[str] = Field(
-        default_factory=lambda: ["whole_brain", "cerebellum_gm", "occipital_cortex"])
-    min_region_volume_mm3: float = Field(100.0, ge=0)
+        default_factory=lambda: ["whole_brain", "cerebellum_gm", "occipital_cortex"],
+        description="Pseudo-reference regions whose masks and TACs are made (whole_brain, "
+        "cerebellum_gm, occipital_cortex; see gliaflow.pipeline.io.resources).")
+    min_region_volume_mm3: float = Field(100.0, ge=0, description="Regions smaller than this in "
+                                         "T1w space are flagged (QC).")
+
+    @field_validator("name")
+    @classmethod
+    def _known_atlas(cls, v: str) -> str:
+        from gliaflow.pipeline.io.resources import ATLASES, atlas_key
+
+        if v == "custom":
+            return v
+        try:
+            return atlas_key(v)
+        except ConfigError:
+            raise ValueError(f"unknown atlas; embedded atlases are {', '.join(ATLASES)}, or 'custom' "
+                             "with 'image' and 'labels'") from None
+
+    @field_validator("reference_regions")
+    @classmethod
+    def _known_reference_regions(cls, v: list[str]) -> list[str]:
+        from gliaflow.pipeline.io.resources import REFERENCE_REGION_SOURCES
+
+        bad = [r for r in v if r not in REFERENCE_REGION_SOURCES]
+        if bad:
+            raise ValueError(f"unknown reference region(s) {bad}; known: "
+                             f"{', '.join(REFERENCE_REGION_SOURCES)}")
+        return v
 
     @model_validator(mode="after")
-    def _custom_needs_files(self) -> "AtlasSettings":
+    def _atlas_usable(self) -> "AtlasSettings":
         if (self.image is None) != (self.labels is None):
-            raise ValueError("a custom atlas needs both 'image' and 'labels'")
-        if self.image is not None and self.name not in ("custom",):
+            missing = "labels" if self.labels is None else "image"
+            raise _invalid("AtlasSettings", [((missing,), "a custom atlas needs both 'image' and "
+                                              "'labels'", None)])
+        if self.image is None and self.name == "custom":
+            raise _invalid("AtlasSettings", [(("image",), "atlas 'custom' needs 'image' and "
+                                              "'labels'", None)])
+        if self.image is not None and self.name != "custom":
             self.__dict__["name"] = "custom"
+        if self.name == "custom" or self.regions is not None:
+            self.selected_regions()  # the label table is readable and names every selected region
         return self
+
+    def selected_regions(self) -> list[str]:
+        """Names of the atlas regions kept by ``regions`` (the region columns of the TAC tables),
+        read from the label table only (an embedded atlas may lack a few of them in its image).
+
+        Raises
+        ------
+        ValidationError
+            The label table is unreadable or ``regions`` names a region it does not have.
+        """
+        from gliaflow.pipeline.io.resources import atlas_label_table, select_regions
+
+        try:
+            table = atlas_label_table(self.name, self.labels)
+        except ConfigError as exc:
+            raise _invalid("AtlasSettings", [(("labels",), str(exc), str(self.labels))]) from None
+        try:
+            return select_regions(table, self.regions)["name"].tolist()
+        except ConfigError as exc:
+            raise _invalid("AtlasSettings", [(("regions",), exc.message, self.regions)]) from None
 
 
 class TACSettings(_Settings):
@@ -198,10 +283,13 @@ class BloodSettings(_Settings):
     delay_s: float = Field(0.0, ge=-60, le=60, description="Blood delay when `delay` is fixed (s).")
     grid_step_s: float = Field(1.0, gt=0, le=10, description="Fine interpolation grid step (s).")
     delay_range_s: tuple[float, float] = Field(
-        (-30.0, 30.0), description="Delays searched when `delay` is fit (s; positive: the measured "
-        "blood curve is moved later).")
+        (-30.0, 30.0), description="Delays searched when `delay` is fit (s, from the first to the "
+        "second; positive: the measured blood curve is moved later).")
     delay_fit_end_min: float = Field(10.0, gt=0, description="Whole-brain TAC frames ending before "
                                      "this time (min) are used to estimate the delay (1TCM + vB).")
+    delay_region: str = Field("whole_brain", min_length=1, description="TAC column (region) the "
+                              "delay is fitted to when `delay` is fit: a large, high-count region "
+                              "that averages arrival times over the brain.")
     negative_tolerance: float = Field(
         0.05, ge=0, le=1, description="Negative concentrations down to this fraction of the "
         "recording's peak are noise and set to 0; larger negatives are an error.")
@@ -209,6 +297,13 @@ class BloodSettings(_Settings):
         0.5, ge=0, le=1, description="A blood curve ending before the scan end is extrapolated "
         "(mono-exponential tail) when the missing part is at most this fraction of the scan; "
         "otherwise it is an error.")
+
+    @field_validator("delay_range_s")
+    @classmethod
+    def _range_ordered(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not v[0] < v[1]:
+            raise ValueError("delay_range_s must be (lowest, highest) delay, lowest < highest (s)")
+        return v
 
 
 class KineticsSettings(_Settings):
@@ -277,6 +372,19 @@ class StatsSettings(_Settings):
     tfce_steps: int = Field(50, ge=5, le=1000, description="Thresholds per map in the TFCE integral.")
     cluster_mass: bool = Field(False, description="Also compute cluster-mass FWER p (voxelwise).")
 
+    @model_validator(mode="after")
+    def _design_possible(self) -> "StatsSettings":
+        problems = []
+        if self.patient_label == self.control_label:
+            problems.append((("control_label",), "the patient and control labels must differ",
+                             self.control_label))
+        if self.group_column in self.covariates:
+            problems.append((("covariates",), f"the group column {self.group_column!r} cannot also "
+                             "be a covariate", self.covariates))
+        if problems:
+            raise _invalid("StatsSettings", problems)
+        return self
+
 
 class ReportSettings(_Settings):
     """Per-session and cohort HTML reports."""
@@ -337,6 +445,13 @@ class PipelineConfig(BaseSettings):
                 data[section] = sec
         return data
 
+    @model_validator(mode="after")
+    def _runnable(self) -> "PipelineConfig":
+        problems = unrunnable_settings(self)
+        if problems:
+            raise _invalid("PipelineConfig", problems)
+        return self
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -356,16 +471,74 @@ ENGINE_FIELDS: dict[str, tuple[str, ...]] = {
     "segmentation": ("engine", "normalization_engine"),
 }
 
+#: the config sections each stage reads (its cache key hashes them, :func:`stage_hash`): a stage
+#: reads no other section, so changing one re-runs exactly the stages listed with it. ``anat``
+#: does not read the atlas (it is applied by ``labels_tacs``); the session report shows the
+#: settings of every session stage; the group step names atlas regions in its cluster tables.
+#: ``execution`` changes where and how things run, never results: no stage lists it.
 STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
-    # which config sections each processing stage depends on (for cache keys)
-    "anat": ("segmentation", "atlas"),
+    "anat": ("segmentation",),
     "pet_motion": ("motion",),
     "coreg": ("registration",),
     "labels_tacs": ("atlas", "tacs"),
     "kinetics": ("blood", "kinetics"),
-    "report": ("report",),
-    "group": ("stats",),
+    "report": ("motion", "registration", "segmentation", "atlas", "tacs", "blood", "kinetics",
+               "report"),
+    "group": ("stats", "atlas"),
 }
+
+
+def unrunnable_settings(cfg: PipelineConfig) -> list[tuple[tuple[str, ...], str, Any]]:
+    """Settings of different sections that cannot work together.
+
+    Returns
+    -------
+    list of (location, reason, value)
+        Location as (section, field). Empty when the configuration can run.
+    """
+    problems: list[tuple[tuple[str, ...], str, Any]] = []
+    at, ks, st, bl = cfg.atlas, cfg.kinetics, cfg.stats, cfg.blood
+    refs = list(at.reference_regions)
+    region_names: list[str] | None = None
+
+    def is_tac_column(name: str) -> bool:
+        nonlocal region_names
+        if name in refs:
+            return True
+        if region_names is None:
+            region_names = at.selected_regions()
+        return name in region_names
+
+    needs_ref = [m for m in ks.models if m in REFERENCE_MODELS] + [
+        f"map {m}" for m in ks.maps if m in REFERENCE_MAPS]
+    if needs_ref and not is_tac_column(ks.reference_region):
+        problems.append((("kinetics", "reference_region"), f"{', '.join(needs_ref)} need the TAC of "
+                         "this region, but no TAC has that name: use one of atlas.reference_regions "
+                         f"{refs} or a region of the atlas", ks.reference_region))
+    if ("mrtm2" in ks.models and ks.k2prime_per_min is None and ks.k2prime_region is not None
+            and not is_tac_column(ks.k2prime_region)):
+        problems.append((("kinetics", "k2prime_region"), "MRTM2 estimates k2' in this region, but no "
+                         "TAC has that name", ks.k2prime_region))
+    if bl.delay == "fit" and not is_tac_column(bl.delay_region):
+        problems.append((("blood", "delay_region"), f"blood.delay 'fit' estimates the delay on this "
+                         f"region's TAC, but no TAC has that name: use one of atlas.reference_regions "
+                         f"{refs} or a region of the atlas, or set blood.delay: fixed", bl.delay_region))
+    if st.voxelwise:
+        missing = [m for m in st.voxelwise_metrics if m not in ks.maps]
+        if missing:
+            problems.append((("stats", "voxelwise_metrics"), f"maps {missing} are not made: "
+                             f"kinetics.maps is {list(ks.maps)}", st.voxelwise_metrics))
+    if st.metrics is not None:
+        made = [name for (model, _), name in METRIC_COLUMNS.items() if model in ks.models]
+        if cfg.tacs.pvc != "none":
+            made += [name + PVC_SUFFIX for name in made]
+        missing = [m for m in st.metrics if m not in made]
+        if missing:
+            problems.append((("stats", "metrics"), f"metrics {missing} are not made by kinetics.models "
+                             f"{list(ks.models)} (tacs.pvc {cfg.tacs.pvc!r}); made: {made}",
+                             st.metrics))
+    return problems
+
 
 _file_data: contextvars.ContextVar[dict] = contextvars.ContextVar("gliaflow_config_file", default={})
 
@@ -448,7 +621,12 @@ def _format_validation_error(exc: ValidationError, source: str | None,
         msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
         node: Any = over
         for part in err["loc"]:
-            node = node.get(part) if isinstance(node, dict) else None
+            if isinstance(node, dict):
+                node = node.get(part)
+            elif isinstance(node, (list, tuple)) and isinstance(part, int) and part < len(node):
+                node = node[part]
+            else:
+                node = None
         if node is not None:
             origin = "command line"
         elif loc in env_keys:
@@ -500,12 +678,16 @@ def config_hash(cfg: PipelineConfig) -> str:
     return hashlib.sha256(_canonical(data).encode()).hexdigest()[:16]
 
 
-def stage_hash(cfg: PipelineConfig, stage: str) -> str:
-    """SHA-256 (hex, 16 chars) of the config sections a processing stage depends on."""
+def stage_settings(cfg: PipelineConfig, stage: str) -> dict[str, Any]:
+    """The config sections a processing stage reads (:data:`STAGE_SETTINGS`), as JSON-able dicts."""
     if stage not in STAGE_SETTINGS:
         raise KeyError(f"unknown stage {stage!r}; known: {sorted(STAGE_SETTINGS)}")
-    data = {s: getattr(cfg, s).model_dump(mode="json") for s in STAGE_SETTINGS[stage]}
-    return hashlib.sha256(_canonical(data).encode()).hexdigest()[:16]
+    return {s: getattr(cfg, s).model_dump(mode="json") for s in STAGE_SETTINGS[stage]}
+
+
+def stage_hash(cfg: PipelineConfig, stage: str) -> str:
+    """SHA-256 (hex, 16 chars) of the config sections a processing stage depends on."""
+    return hashlib.sha256(_canonical(stage_settings(cfg, stage)).encode()).hexdigest()[:16]
 
 
 def write_effective_config(cfg: PipelineConfig, path: str | Path) -> Path:

@@ -15,27 +15,31 @@ Outputs by stage (keys of ``StageResult.outputs``; the reports and the cohort ta
 * coreg: xfm_petref_to_t1w (ITK text, T1w point -> PET point);
 * labels_tacs: dseg_t1w, dseg_pet, labels_tsv, ref_<region> masks, volumes_tsv, tacs, tacs_pvc
   (frame_start, frame_end, one column per region, Bq/mL);
-* kinetics: plasma_tsv, fits_tsv, fit_curves_tsv, fits_pvc_tsv, regional_metrics (region + suv,
-  suvr, vt_1tcm, vt_2tcm, vt_logan, vt_ma1, ... and ``_pvc`` variants), map_<name> (PET space)
-  and map_<name>_mni (template space, 2 mm);
+* kinetics: plasma_tsv, fits_tsv, fit_curves_tsv, fits_pvc_tsv (``desc-fitspvc<method>``),
+  regional_metrics (region + suv, suvr, vt_1tcm, vt_2tcm, vt_logan, vt_ma1, ... and ``_pvc``
+  variants), map_<name> (PET space) and map_<name>_mni (template space, 2 mm);
 * report: report_html.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from gliaflow.pipeline.config import STAGE_SETTINGS, PipelineConfig
+from gliaflow.pipeline.config import STAGE_SETTINGS, PipelineConfig, stage_settings
 from gliaflow.pipeline.engines import get_engine
-from gliaflow.pipeline.errors import ModelError
 from gliaflow.pipeline.io.bids import SessionSpec
 from gliaflow.pipeline.io.derivatives import Derivatives
+from gliaflow.pipeline.kinetics.metrics import tidy_metrics
+from gliaflow.pipeline.kinetics.names import METRIC_COLUMNS, PLASMA_MAPS
 from gliaflow.pipeline.provenance import ToolCall, merge_calls
+
+if TYPE_CHECKING:
+    from gliaflow.pipeline.kinetics.quantify import RegionalKinetics
 
 __all__ = ["StageContext", "StageResult", "Stage", "SESSION_STAGES", "stage_by_name", "run_session",
            "tidy_metrics", "METRIC_COLUMNS", "GROUP_STEP"]
@@ -255,156 +259,109 @@ def stage_labels_tacs(ctx: StageContext, upstream: dict[str, StageResult]) -> St
                            engine.provenance() + labels.provenance + res["provenance"]))
 
 
-REFERENCE_COLUMNS = {"whole_brain", "cerebellum_gm", "occipital_cortex"}
-
-# (model, parameter) -> tidy metric column of the cohort table
-METRIC_COLUMNS = {
-    ("suv", "SUV"): "suv", ("suvr", "SUVR"): "suvr", ("1tcm", "VT"): "vt_1tcm",
-    ("2tcm", "VT"): "vt_2tcm", ("2tcm", "K1"): "k1_2tcm", ("2tcm", "BPND"): "bpnd_2tcm",
-    ("logan", "VT"): "vt_logan", ("ma1", "VT"): "vt_ma1", ("srtm", "BPND"): "bpnd_srtm",
-    ("mrtm2", "BPND"): "bpnd_mrtm2", ("1tcm", "K1"): "k1_1tcm",
-}
+def _read_tacs(path: Path) -> pd.DataFrame:
+    """A regional TAC table written by the labels_tacs stage (``n/a`` -> NaN)."""
+    return pd.read_csv(path, sep="\t", na_values="n/a")
 
 
-def tidy_metrics(fits: pd.DataFrame, suffix: str = "") -> pd.DataFrame:
-    """Regional fit table (``<model>_<param>`` columns) -> tidy metrics (``suvr``, ``vt_2tcm`` ...).
+def _write_regional_tables(ctx: StageContext, reg: RegionalKinetics, pvc_method: str) -> dict[str, Path]:
+    """The regional results as BIDS derivatives: plasma input, fits, curves, PVC fits (named after
+    the PVC method, like the ``desc-pvc<method>`` TACs they come from) and tidy metrics."""
+    from gliaflow.pipeline.io.derivatives import write_tsv
 
-    A metric is NaN where its fit did not converge (the reason stays in the full fit table).
+    outputs: dict[str, Path] = {}
+    if reg.plasma is not None:
+        outputs["plasma_tsv"] = write_tsv(reg.plasma.to_frame(), ctx.path("blood", ".tsv", desc="plasmainput"))
+    outputs["fits_tsv"] = write_tsv(reg.fits, ctx.path("kinetics", ".tsv", desc="fits"))
+    outputs["fit_curves_tsv"] = write_tsv(reg.curves, ctx.path("kinetics", ".tsv", desc="curves"))
+    if reg.fits_pvc is not None:
+        outputs["fits_pvc_tsv"] = write_tsv(reg.fits_pvc,
+                                            ctx.path("kinetics", ".tsv", desc=f"fitspvc{pvc_method}"))
+    outputs["regional_metrics"] = write_tsv(reg.metrics, ctx.path("metrics", ".tsv", desc="regional"))
+    return outputs
+
+
+def _map_missing_input(name: str, body_weight_kg: float | None, injected_bq: float | None,
+                       plasma) -> str | None:
+    """Why a session cannot have the parametric map ``name`` (None when it can)."""
+    if name == "suv" and (body_weight_kg is None or injected_bq is None):
+        return "no body weight or injected activity"
+    if name in PLASMA_MAPS and plasma is None:
+        return "no arterial blood recording"
+    return None
+
+
+def _kinetic_maps(ctx: StageContext, upstream: dict[str, StageResult], tacs: pd.DataFrame,
+                  reg: RegionalKinetics) -> StageResult:
+    """Voxelwise parametric maps in PET space, then in template space (2 mm) for group statistics.
+
+    A map is made when its inputs exist (SUV: body weight and injected activity; Logan/MA1/basis
+    1TCM: a plasma input); the others are listed with the reason in ``qc["maps_skipped"]``. Returns the maps' outputs, ``values["maps"]``, QC,
+    flags and provenance.
     """
-    out = pd.DataFrame({"region": fits["region"]})
-    for (model, param), name in METRIC_COLUMNS.items():
-        col = f"{model}_{param}"
-        if col in fits.columns:
-            vals = pd.to_numeric(fits[col], errors="coerce")
-            conv = fits.get(f"{model}_converged")
-            if conv is not None:
-                vals = vals.where(conv.astype(bool))
-            out[name + suffix] = vals
-    return out
+    import nibabel as nib
 
+    from gliaflow.pipeline.io.derivatives import save_nifti
+    from gliaflow.pipeline.kinetics.base import Frames
+    from gliaflow.pipeline.kinetics.parametric import parametric_maps
+    from gliaflow.pipeline.spatial.spaces import pet_to_template
 
-def _blood_settings(settings, recordings) -> Any:
-    """Blood settings for a session: when the config leaves the dispersion constant unset, take
-    it from a recording's sidecar that says its curve is not dispersion corrected
-    (BIDS ``DispersionCorrected: false`` + ``DispersionConstant`` in s)."""
-    if settings.dispersion_tau_s is not None:
-        return settings
-    for r in recordings:
-        meta = r.meta or {}
-        tau = meta.get("DispersionConstant")
-        if meta.get("DispersionCorrected") is False and isinstance(tau, (int, float)) and tau > 0:
-            return settings.model_copy(update={"dispersion_tau_s": float(tau)})
-    return settings
+    spec, ks, plasma = ctx.spec, ctx.config.kinetics, reg.plasma
+    # the reference TAC is a column whenever a map needs it (checked when the config is loaded)
+    ref_tac = tacs[ks.reference_region].to_numpy() if ks.reference_region in tacs else None
+    weight = _body_weight_kg(spec)
+    reasons = {m: _map_missing_input(m, weight, spec.injected_bq, plasma) for m in ks.maps}
+    skipped = {m: why for m, why in reasons.items() if why}
+    maps = [m for m in ks.maps if m not in skipped]
+    res = StageResult(stage="kinetics", values={"maps": maps})
+    if skipped:
+        res.qc["maps_skipped"] = skipped
+    if not maps:
+        return res
+    labels, motion, anat, coreg = (upstream["labels_tacs"], upstream["pet_motion"], upstream["anat"],
+                                   upstream["coreg"])
+    img = nib.load(str(motion.outputs["pet_hmc"]))
+    data = np.asarray(img.dataobj, dtype=np.float32) * np.float32(spec.pet_units_to_bqml)
+    brain = nib.load(str(labels.outputs["ref_whole_brain"])) if "ref_whole_brain" in labels.outputs \
+        else None
+    mask = np.asarray(brain.dataobj) > 0 if brain is not None else None
+    frames = Frames.from_arrays(spec.frame_start_s, spec.frame_end_s, source=str(spec.pet))
+    arrays = parametric_maps(data, frames, ks, maps=maps, plasma=plasma, ref_tac=ref_tac,
+                             injected_bq=spec.injected_bq, body_weight_kg=weight, mask=mask)
+    del data
+    engine = get_engine("ants")  # applies the ITK transform chains of the anat stage
+    for name, arr in arrays.items():
+        pimg = nib.Nifti1Image(np.asarray(arr, dtype=np.float32), img.affine)
+        meas = name.replace("_", "")
+        res.outputs[f"map_{name}"] = save_nifti(pimg, ctx.path("pet", ".nii.gz", space="petref",
+                                                                meas=meas))
+        timg = pet_to_template(pimg, coreg.outputs["xfm_petref_to_t1w"],
+                               anat.values["to_template"], resolution_mm=2.0, engine=engine)
+        res.outputs[f"map_{name}_mni"] = save_nifti(
+            timg, ctx.path("pet", ".nii.gz", space=anat.values["template"], res="2", meas=meas))
+    res.provenance = arrays.provenance + engine.provenance()
+    return res
 
 
 def stage_kinetics(ctx: StageContext, upstream: dict[str, StageResult]) -> StageResult:
     """Plasma input, regional models (without and with PVC) and voxelwise parametric maps."""
-    import nibabel as nib
+    from gliaflow.pipeline.kinetics.quantify import quantify_regional
 
-    from gliaflow.pipeline.blood.input import apply_delay, plasma_input_from_tables
-    from gliaflow.pipeline.io.derivatives import save_nifti, write_tsv
-    from gliaflow.pipeline.kinetics.base import Frames
-    from gliaflow.pipeline.kinetics.parametric import parametric_maps
-    from gliaflow.pipeline.kinetics.regional import (PLASMA_MODELS, curves_table, fit_regional_results,
-                                    results_provenance, results_table)
-    from gliaflow.pipeline.spatial.spaces import pet_to_template
-
-    spec, cfg = ctx.spec, ctx.config
-    ks = cfg.kinetics
-    labels, motion, anat, coreg = (upstream["labels_tacs"], upstream["pet_motion"], upstream["anat"],
-                                   upstream["coreg"])
-    tacs = pd.read_csv(labels.outputs["tacs"], sep="\t", na_values="n/a")
-    weight = _body_weight_kg(spec)
-    models = list(ks.models)
-    if weight is None or spec.injected_bq is None:
-        models = [m for m in models if m != "suv"]
-    outputs: dict[str, Path] = {}
-    flags: list[str] = []
-    plasma = None
-    qc: dict[str, Any] = {}
-    if spec.blood:
-        recs = spec.blood
-        blood_settings = _blood_settings(cfg.blood, recs)
-        plasma = plasma_input_from_tables(
-            [r.table() for r in recs], blood_settings, scan_end_s=spec.frame_end_s[-1],
-            labels=[r.label for r in recs], sources=[str(r.tsv) for r in recs])
-        if blood_settings.dispersion_tau_s != cfg.blood.dispersion_tau_s:
-            qc["blood_dispersion_tau_s"] = blood_settings.dispersion_tau_s
-        if cfg.blood.delay == "fit" and "whole_brain" not in tacs.columns:
-            raise ModelError("blood delay 'fit' needs the whole_brain reference region TAC; add "
-                             "'whole_brain' to atlas.reference_regions or set blood.delay: fixed",
-                             file=labels.outputs["tacs"], field="whole_brain")
-        wb = tacs["whole_brain"].to_numpy() if "whole_brain" in tacs.columns else None
-        plasma, _ = apply_delay(plasma, cfg.blood, spec.frame_start_s, spec.frame_end_s, wb)
-        qc["blood_delay_s"] = float(plasma.delay_s)
-        outputs["plasma_tsv"] = write_tsv(plasma.to_frame(), ctx.path("blood", ".tsv", desc="plasmainput"))
-        qc["blood_notes"] = plasma.notes
-    else:
-        dropped = [m for m in models if m in PLASMA_MODELS]
-        models = [m for m in models if m not in PLASMA_MODELS]
-        if dropped:
-            flags.append("no_blood_data")
-            qc["models_skipped"] = {m: "no arterial blood recording" for m in dropped}
-    if not models:
-        raise ModelError("no kinetic model can run for this session (no blood data, no weight)",
-                         file=spec.pet, field="kinetics.models")
-
-    results = fit_regional_results(tacs, plasma, ks, models=models, injected_bq=spec.injected_bq,
-                                   body_weight_kg=weight, source=str(labels.outputs["tacs"]))
-    fits = results_table(results)
-    outputs["fits_tsv"] = write_tsv(fits, ctx.path("kinetics", ".tsv", desc="fits"))
-    outputs["fit_curves_tsv"] = write_tsv(curves_table(results, tacs),
-                                          ctx.path("kinetics", ".tsv", desc="curves"))
-    metrics = tidy_metrics(fits)
-    calls = (plasma.provenance if plasma is not None else []) + results_provenance(results)
-    if "tacs_pvc" in labels.outputs:
-        tacs_pvc = pd.read_csv(labels.outputs["tacs_pvc"], sep="\t", na_values="n/a")
-        results_pvc = fit_regional_results(tacs_pvc, plasma, ks, models=models,
-                                           injected_bq=spec.injected_bq, body_weight_kg=weight,
-                                           source=str(labels.outputs["tacs_pvc"]))
-        fits_pvc = results_table(results_pvc)
-        calls += results_provenance(results_pvc)
-        outputs["fits_pvc_tsv"] = write_tsv(fits_pvc, ctx.path("kinetics", ".tsv", desc="fitsgtm"))
-        metrics = metrics.merge(tidy_metrics(fits_pvc, "_pvc"), on="region", how="outer")
-    outputs["regional_metrics"] = write_tsv(metrics, ctx.path("metrics", ".tsv", desc="regional"))
-    n_failed = {m: int((~fits[f"{m}_converged"].astype(bool)).sum()) for m in models
-                if f"{m}_converged" in fits}
-    qc["fits_not_converged"] = n_failed
-
-    # voxelwise maps in PET space, then template space for group statistics
-    ref_tac = tacs[ks.reference_region].to_numpy() if ks.reference_region in tacs else None
-    maps = [m for m in ks.maps if (m != "suv" or "suv" in models)
-            and (m not in ("logan", "ma1", "basis1tcm") or plasma is not None)
-            and (m != "suvr" or ref_tac is not None)]
-    if "suvr" in ks.maps and ref_tac is None:
-        flags.append("no_reference_region")
-        qc["maps_skipped"] = {"suvr": f"reference region {ks.reference_region!r} has no TAC"}
-    if maps:
-        img = nib.load(str(motion.outputs["pet_hmc"]))
-        data = np.asarray(img.dataobj, dtype=np.float32) * np.float32(spec.pet_units_to_bqml)
-        brain = nib.load(str(labels.outputs["ref_whole_brain"])) if "ref_whole_brain" in labels.outputs \
-            else None
-        mask = np.asarray(brain.dataobj) > 0 if brain is not None else None
-        frames = Frames.from_arrays(spec.frame_start_s, spec.frame_end_s, source=str(spec.pet))
-        arrays = parametric_maps(data, frames, ks, maps=maps, plasma=plasma, ref_tac=ref_tac,
-                                 injected_bq=spec.injected_bq, body_weight_kg=weight, mask=mask)
-        calls += arrays.provenance
-        del data
-        engine = get_engine("ants")  # applies the ITK transform chains of the anat stage
-        for name, arr in arrays.items():
-            pimg = nib.Nifti1Image(np.asarray(arr, dtype=np.float32), img.affine)
-            meas = name.replace("_", "")
-            outputs[f"map_{name}"] = save_nifti(pimg, ctx.path("pet", ".nii.gz", space="petref",
-                                                                meas=meas))
-            timg = pet_to_template(pimg, coreg.outputs["xfm_petref_to_t1w"],
-                                   anat.values["to_template"], resolution_mm=2.0, engine=engine)
-            outputs[f"map_{name}_mni"] = save_nifti(
-                timg, ctx.path("pet", ".nii.gz", space=anat.values["template"], res="2", meas=meas))
-    return StageResult(stage="kinetics", outputs=outputs,
-                       values={"models": models, "maps": maps,
-                               "delay_s": float(plasma.delay_s) if plasma is not None else None},
-                       qc=qc, flags=flags,
-                       provenance=merge_calls(calls + (engine.provenance() if maps else [])))
+    spec, cfg, labels = ctx.spec, ctx.config, upstream["labels_tacs"]
+    tacs = _read_tacs(labels.outputs["tacs"])
+    pvc_tsv = labels.outputs.get("tacs_pvc")
+    reg = quantify_regional(tacs, spec.blood, cfg.blood, cfg.kinetics, injected_bq=spec.injected_bq,
+                            body_weight_kg=_body_weight_kg(spec),
+                            tacs_pvc=_read_tacs(pvc_tsv) if pvc_tsv else None,
+                            source=str(labels.outputs["tacs"]), source_pvc=str(pvc_tsv))
+    pvc_method = labels.qc.get("pvc", {}).get("method", "pvc")  # the correction that ran
+    outputs = _write_regional_tables(ctx, reg, pvc_method)
+    maps = _kinetic_maps(ctx, upstream, tacs, reg)
+    return StageResult(stage="kinetics", outputs={**outputs, **maps.outputs},
+                       values={"models": reg.models, "maps": maps.values["maps"],
+                               "delay_s": float(reg.plasma.delay_s) if reg.plasma is not None else None},
+                       qc={**reg.qc, **maps.qc}, flags=reg.flags + maps.flags,
+                       provenance=merge_calls(reg.provenance + maps.provenance))
 
 
 def stage_report(ctx: StageContext, upstream: dict[str, StageResult]) -> StageResult:
@@ -424,7 +381,7 @@ def stage_report(ctx: StageContext, upstream: dict[str, StageResult]) -> StageRe
     if ctx.config.report.enabled:
         write_session_report(html, session_id=ctx.spec.session_id,
                              sidecar=ctx.spec.sidecar.model_dump(), outputs=outputs, qc=qc,
-                             flags=flags, config=ctx.config.model_dump(mode="json"), errors=[],
+                             flags=flags, config=stage_settings(ctx.config, "report"), errors=[],
                              provenance=calls)
     return StageResult(stage="report", outputs={"report_html": html} if ctx.config.report.enabled else {},
                        qc={}, flags=[])
@@ -476,7 +433,7 @@ def run_session(spec: SessionSpec, config: PipelineConfig, out_dir: Path, work_d
 
     Toolkit thread counts are process settings (ITK reads its variable once per process); set
     them before the first stage, e.g. with
-    :func:`gliaflow.workflows.services.worker_setup.set_process_threads`.
+    :func:`gliaflow.workflows.services.threads.set_process_threads`.
     """
     ctx = StageContext(spec=spec, config=config, out_dir=Path(out_dir), work_dir=Path(work_dir))
     results: dict[str, StageResult] = {}

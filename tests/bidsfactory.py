@@ -1,9 +1,7 @@
 """Write tiny BIDS-PET datasets for tests (8x8x8x37 float32 PET, 8x8x8 T1w, blood, participants).
 
-Import from a test with::
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    import bidsfactory as bf
+Import from a test with ``import bidsfactory as bf`` (pyproject.toml puts tests/ on the pytest
+``pythonpath``).
 
 Everything is small so a dataset of a few subjects writes in well under a second.
 """

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from gliaflow.pipeline import __version__
-from gliaflow.pipeline.config import PipelineConfig, stage_hash
+from gliaflow.pipeline.config import PipelineConfig
 from gliaflow.pipeline.io.derivatives import atomic_write_json
 
 __all__ = ["FileHasher", "code_version", "settings_hash", "stage_keys", "manifest_path",
@@ -229,12 +229,18 @@ def code_files(func) -> set[str]:
 
 def settings_hash(cfg: PipelineConfig, stage) -> str:
     """Hash of the config sections ``stage`` depends on (its ``settings`` attribute, or the
-    registry in :data:`gliaflow.pipeline.config.STAGE_SETTINGS`)."""
+    registry in :data:`gliaflow.pipeline.config.STAGE_SETTINGS`) and of the versions of the
+    engines those sections select (a new FSL or ANTsPy version recomputes the stage)."""
+    from gliaflow.pipeline.engines import engine_versions
+
     sections = tuple(getattr(stage, "settings", ()) or ())
-    if sections:
-        data = {s: getattr(cfg, s).model_dump(mode="json") for s in sections}
-        return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    return stage_hash(cfg, stage.name)
+    if not sections:
+        from gliaflow.pipeline.config import STAGE_SETTINGS
+
+        sections = STAGE_SETTINGS.get(stage.name, ())
+    data = {s: getattr(cfg, s).model_dump(mode="json") for s in sections}
+    data["_engines"] = engine_versions(cfg, sections)
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def stage_keys(stages: Iterable, spec, cfg: PipelineConfig, hasher: FileHasher) -> dict[str, str]:

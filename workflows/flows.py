@@ -38,6 +38,7 @@ from gliaflow.workflows.services.cluster import MEMORY_RESOURCE, ClusterHandle, 
 from gliaflow.workflows.cohort_table import build_regional_table
 from gliaflow.workflows.ledger import Ledger
 from gliaflow.workflows.progress import CohortProgress
+from gliaflow.workflows.runlog import run_log, run_log_path
 
 __all__ = ["SessionPlan", "CohortOutcome", "plan_sessions", "run_cohort", "run_session_flow",
            "TABLE_STAGE", "TABLE_OUTPUT"]
@@ -82,6 +83,7 @@ class CohortOutcome:
     group_result: Any = None
     group_error: str | None = None
     dashboard_path: Path | None = None
+    log_path: Path | None = None  # the driver's log (library warnings), when it was written
     timings: dict[str, float] = field(default_factory=dict)  # seconds
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -421,6 +423,16 @@ def write_provenance(out_dir: Path, config: PipelineConfig, specs: Sequence,
                                           tools=software_used(calls), provenance_file=PROVENANCE_FILE)
 
 
+def engine_environment(config: PipelineConfig) -> dict[str, str]:
+    """Environment the workers need for the selected engines: FSLDIR (this process's) and
+    FSLOUTPUTTYPE when any step runs FSL, so batch jobs on other nodes find the same FSL."""
+    from gliaflow.pipeline.engines import selected_engines
+
+    if "fsl" in selected_engines(config).values() and os.environ.get("FSLDIR"):
+        return {"FSLDIR": os.environ["FSLDIR"], "FSLOUTPUTTYPE": "NIFTI_GZ"}
+    return {}
+
+
 def run_cohort(specs: Sequence, *, stages: Sequence, config: PipelineConfig, out_dir: str | Path,
                work_dir: str | Path | None = None, level: str = "participant",
                invalid: Sequence = (), group_step: GroupStep | None = None,
@@ -456,10 +468,30 @@ def run_cohort(specs: Sequence, *, stages: Sequence, config: PipelineConfig, out
         Rich progress display and summary table on stderr.
     info : dict, optional
         Filled with timings and addresses.
+
+    Library warnings and log records go to ``OUT_DIR/.gliaflow/logs/run.log`` (driver) and
+    ``OUT_DIR/.gliaflow/logs/<session_id>.log`` (stages), not to the terminal
+    (:mod:`gliaflow.workflows.runlog`); ``CohortOutcome.log_path`` names the driver's log when
+    anything was written to it.
     """
+    out_dir = Path(out_dir).absolute()
+    with run_log(run_log_path(out_dir)) as log_file:
+        outcome = _run_cohort(specs, stages=stages, config=config, out_dir=out_dir,
+                              work_dir=work_dir, level=level, invalid=invalid,
+                              group_step=group_step, profile=profile, handle=handle,
+                              show_progress=show_progress, flow_name=flow_name, info=info)
+    outcome.log_path = log_file if log_file.is_file() else None
+    return outcome
+
+
+def _run_cohort(specs: Sequence, *, stages: Sequence, config: PipelineConfig, out_dir: Path,
+                work_dir: str | Path | None, level: str, invalid: Sequence,
+                group_step: GroupStep | None, profile: ClusterProfile | str | None,
+                handle: ClusterHandle | None, show_progress: bool, flow_name: str,
+                info: dict | None) -> CohortOutcome:
+    """The body of :func:`run_cohort` (same parameters; ``out_dir`` absolute)."""
     t_start = time.perf_counter()
     info = info if info is not None else {}
-    out_dir = Path(out_dir).absolute()
     ex = config.execution
     work_dir = Path(work_dir or ex.work_dir or out_dir / ".gliaflow" / "work").absolute()
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -560,6 +592,7 @@ def _execute(plans, stages, config, out_dir, work_dir, profile, handle, progress
             env["PREFECT_API_URL"] = api_url
             if os.environ.get("PYTHONPATH"):
                 env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+            env.update(engine_environment(config))
             handle = start_cluster(prof, nprocs=ex.nprocs, mem_gb=ex.mem_gb,
                                    threads_per_task=ex.threads_per_task, work_dir=work_dir, env=env)
             stack.callback(handle.close)

@@ -139,7 +139,7 @@ def submit_array_jobs(plan: ArrayJobPlan) -> ArrayJobPlan:
     if deps:
         text = text.replace("@DEPS@", deps)
     else:
-        text = "\n".join(l for l in text.splitlines() if "--dependency" not in l) + "\n"
+        text = "\n".join(line for line in text.splitlines() if "--dependency" not in line) + "\n"
     plan.group_script.write_text(text)
     plan.job_ids = ids
     plan.group_job_id = _sbatch([str(plan.group_script)])

@@ -25,6 +25,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.utilities.annotations import quote
 
 from gliaflow.workflows.cache import write_manifest
+from gliaflow.workflows.runlog import run_log, session_log_path
 
 __all__ = ["execute_stage", "stage_task", "run_session", "session_task", "SessionWork", "StageFailed",
            "error_record", "run_prefect_task", "PROGRESS_TOPIC"]
@@ -81,9 +82,12 @@ def execute_stage(func: Callable, stage: str, spec: Any, config: Any, out_dir: s
     -------
     dict
         The StageResult as a JSON-able dict, plus ``seconds`` (wall time, s) in ``_meta``.
+
+    Warnings and library log records of the stage go to ``OUT_DIR/.gliaflow/logs/<session_id>.log``
+    (:func:`gliaflow.workflows.runlog.run_log`).
     """
     from gliaflow.pipeline.session import StageContext, StageResult
-    from gliaflow.workflows.services.worker_setup import set_process_threads
+    from gliaflow.workflows.services.threads import set_process_threads
 
     set_process_threads(n_threads)
     t0 = time.perf_counter()
@@ -94,7 +98,8 @@ def execute_stage(func: Callable, stage: str, spec: Any, config: Any, out_dir: s
     up = {k: StageResult(**v) for k, v in upstream.items()}
     tb_file = session_work / f"{stage}.traceback.txt"
     try:
-        res = func(ctx, up)
+        with run_log(session_log_path(out_dir, spec.session_id)):  # library warnings: not the terminal
+            res = func(ctx, up)
     except Exception:
         # the terminal stays quiet (Prefect task-run errors are logged at CRITICAL only); the
         # full traceback goes next to the session's scratch, the ledger names it

@@ -26,3 +26,10 @@ SEL
 # (the three gridengine packages share these "shared/" questions)
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends gridengine-master gridengine-exec gridengine-client
+# apt-get can succeed without giving what start.sh and the tests use: say what is missing
+for f in /usr/sbin/sge_qmaster /usr/sbin/sge_execd; do
+  [ -x "$f" ] || { echo "gridengine installed but $f is missing" >&2; exit 1; }
+done
+for c in qsub qstat qconf; do
+  command -v "$c" >/dev/null 2>&1 || { echo "gridengine installed but $c is missing" >&2; exit 1; }
+done

@@ -115,7 +115,7 @@ fi
 pgrep -x sge_execd >/dev/null || /usr/sbin/sge_execd
 st=""
 for _ in $(seq 150); do
-  st="$(queue_state)"
+  st="$(queue_state || true)"   # qstat may fail while execd registers: keep waiting
   case "$st" in
     ok) break;;
     *E*) qmod -c "$QUEUE@$HOST" >/dev/null 2>&1 || true;;   # error state from an earlier failure

@@ -14,3 +14,7 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 apt-get update
 apt-get install -y --no-install-recommends slurm-wlm munge
+# apt-get can succeed without giving the commands start.sh and the tests use: say which is missing
+for c in slurmctld slurmd munged sbatch sinfo; do
+  command -v "$c" >/dev/null 2>&1 || { echo "slurm-wlm/munge installed but $c is missing" >&2; exit 1; }
+done

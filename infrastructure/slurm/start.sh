@@ -30,9 +30,10 @@ munge -n | unmunge >/dev/null
 
 # slurm.conf from the machine's real resources
 mkdir -p "$STATE/slurmd" "$STATE/ctld" /etc/slurm
-NODE_LINE="$(slurmd -C | head -1)"
+NODE_LINE="$(slurmd -C | sed -n 1p)"
 NODENAME="$(echo "$NODE_LINE" | sed -E 's/^NodeName=([^ ]+).*/\1/')"
 HOST="$(hostname -s)"
+[ -n "$NODENAME" ] || { echo "slurmd -C did not describe this machine" >&2; exit 1; }
 sed -e "s|@HOST@|$HOST|" -e "s|@STATE@|$STATE|g" -e "s|@NODE_LINE@|$NODE_LINE|" \
     -e "s|@NODENAME@|$NODENAME|" -e "s|@CTLD_PORT@|${GLIAFLOW_SLURMCTLD_PORT:-6817}|" \
     -e "s|@SLURMD_PORT@|${GLIAFLOW_SLURMD_PORT:-6818}|" "$HERE/slurm.conf.template" > "$CONF.tmp"

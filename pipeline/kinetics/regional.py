@@ -12,21 +12,19 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-from gliaflow.pipeline.blood.input import PlasmaInput
+from gliaflow.pipeline.blood.tables import PlasmaInput
 from gliaflow.pipeline.config import KineticsSettings
 from gliaflow.pipeline.errors import ModelError
 from gliaflow.pipeline.kinetics.base import FitResult, Frames, frame_weights
 from gliaflow.pipeline.kinetics.compartment import TCMModel, fit_tcm
 from gliaflow.pipeline.kinetics.graphical import fit_logan, fit_ma1
+from gliaflow.pipeline.kinetics.names import PLASMA_MODELS, REFERENCE_MODELS
 from gliaflow.pipeline.kinetics.reftissue import fit_mrtm, fit_mrtm2, fit_srtm
 from gliaflow.pipeline.kinetics.suv import fit_suv, fit_suvr
 from gliaflow.pipeline.provenance import STEP_KINETICS, ToolCall, gliaflow_call, merge_calls
 
 __all__ = ["split_tac_table", "table_weights", "fit_regional_results", "fit_regional", "results_table",
            "results_provenance", "PLASMA_MODELS", "REFERENCE_MODELS", "MODEL_INTERFACES"]
-
-PLASMA_MODELS = ("1tcm", "2tcm", "logan", "ma1")
-REFERENCE_MODELS = ("suvr", "srtm", "mrtm2")
 
 # model -> the gliaflow function that fits it (the interface of its provenance record)
 _K = "gliaflow.pipeline.kinetics."

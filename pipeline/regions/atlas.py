@@ -26,7 +26,8 @@ from scipy import ndimage
 
 from gliaflow.pipeline.config import AtlasSettings
 from gliaflow.pipeline.engines import Engine, get_engine
-from gliaflow.pipeline.errors import ConfigError, ImageError
+from gliaflow.pipeline.errors import ImageError
+from gliaflow.pipeline.io.resources import select_regions
 from gliaflow.pipeline.provenance import STEP_LABELS_PET, gliaflow_call, library_call
 
 __all__ = [
@@ -69,37 +70,6 @@ def load_atlas(settings: AtlasSettings):
     if settings.name == "custom":
         return resources.get_atlas("custom", image=settings.image, labels=settings.labels)
     return resources.get_atlas(settings.name)
-
-
-def select_regions(labels_table: pd.DataFrame, selection: Sequence[str | int] | None
-                   ) -> pd.DataFrame:
-    """Rows of ``labels_table`` chosen by name (case-insensitive) or by label index.
-
-    Raises
-    ------
-    ConfigError
-        Naming every selection that matches no region (field ``atlas.regions``).
-    """
-    table = labels_table[["index", "name"]].copy()
-    table["index"] = table["index"].astype(int)
-    table["name"] = table["name"].astype(str)
-    if selection is None:
-        return table.reset_index(drop=True)
-    by_name = {n.lower(): i for i, n in zip(table["index"], table["name"])}
-    keep, bad = [], []
-    for item in selection:
-        s = str(item).strip()
-        if s.lower() in by_name:
-            keep.append(by_name[s.lower()])
-        elif re.fullmatch(r"-?\d+", s) and int(s) in set(table["index"]):
-            keep.append(int(s))
-        else:
-            bad.append(s)
-    if bad:
-        raise ConfigError(f"unknown region(s) {bad}; choose names or indices of the atlas labels",
-                          field="atlas.regions")
-    keep = list(dict.fromkeys(keep))
-    return table.set_index("index").loc[keep].reset_index()[["index", "name"]]
 
 
 def is_cortical(name: str) -> bool:
@@ -388,11 +358,7 @@ def session_labels(anat, atlas, pet_ref, xfm, settings: AtlasSettings, ref_resol
     lab = labels_to_t1(atlas.image, o.t1_preproc, anat.to_t1, anat.to_t1_invert, table, engine=engine)
     lab = gm_mask_labels(lab, o.probseg_gm, table, o.brain_mask)
     part, ptable = add_tissue_labels(lab, table, o.dseg)
-    refs_tpl = resources.reference_regions(atlas, ref_resolution_mm)
-    missing = [r for r in settings.reference_regions if r not in refs_tpl]
-    if missing:
-        raise ConfigError(f"unknown reference region(s) {missing}; available {sorted(refs_tpl)}",
-                          field="atlas.reference_regions")
+    refs_tpl = resources.reference_regions(atlas, ref_resolution_mm)  # names checked by AtlasSettings
     refs = reference_masks_t1({k: refs_tpl[k] for k in settings.reference_regions}, o.t1_preproc,
                               anat.to_t1, anat.to_t1_invert, o.probseg_gm, o.brain_mask,
                               engine=engine)

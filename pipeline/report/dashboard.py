@@ -11,7 +11,9 @@ similarity only when low (a still head or a sharp registration is not a reason t
 """
 from __future__ import annotations
 
+import functools
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
@@ -22,7 +24,7 @@ import pandas as pd
 from gliaflow.pipeline.io.derivatives import atomic_write_text
 from gliaflow.pipeline.report import figures as F
 from gliaflow.pipeline.report.html import (badge, esc, figure, flatten, guarded_section, kv_table, page, section, table,
-                   unavailable)
+                                          unavailable)
 from gliaflow.pipeline.report.methods import methods_html, methods_text, provenance_table
 
 __all__ = ["robust_z", "qc_outliers", "sessions_table", "write_cohort_dashboard", "QC_CATEGORIES"]
@@ -286,6 +288,216 @@ def _link(report: Any, out_html: Path) -> str:
     return f'<a href="{esc(Path(rel).as_posix())}">report</a>'
 
 
+@dataclass
+class _Cohort:
+    """What the dashboard's sections read: the tables, the settings, and the outlier scores."""
+
+    out_html: Path
+    sessions: pd.DataFrame
+    reg: pd.DataFrame | None  # cohort regional table
+    sreg: pd.DataFrame | None  # stats_regional
+    scor: pd.DataFrame | None  # stats_correlation
+    voxelwise: Mapping[str, Any] | None
+    settings: dict[str, Any]  # StatsSettings dump
+    alpha: float
+    threshold: float  # robust z
+    dpi: int
+    z: pd.DataFrame  # robust z per session x QC column
+    reasons: dict[str, list[str]]  # session -> why it needs a look
+    provenance: list[Any] = field(default_factory=list)  # ToolCall records (or their dumps)
+    config: dict[str, Any] | None = None  # effective configuration dump
+
+    @property
+    def group_col(self) -> str:
+        return self.settings.get("group_column", "group")
+
+    @property
+    def geno_col(self) -> str:
+        return self.settings.get("genotype_column", "tspo_genotype")
+
+    @property
+    def look(self) -> dict[str, list[str]]:
+        """Sessions that need a look, with the reasons."""
+        return {sid: r for sid, r in self.reasons.items() if r}
+
+
+def _overview(c: _Cohort) -> str:
+    counts = c.sessions["status"].value_counts().to_dict()
+    items = [("sessions", len(c.sessions))] + [(k, v) for k, v in sorted(counts.items())]
+    items.append(("need a look", len(c.look)))
+    html = kv_table(items)
+    if c.look:
+        rows = "".join(f"<li><b>{esc(sid)}</b>: {esc('; '.join(r))}</li>" for sid, r in c.look.items())
+        html += f"<h3>Sessions that need a look</h3><ul>{rows}</ul>"
+    else:
+        html += "<p>" + badge("no session needs a look", "ok") + "</p>"
+    return html + "<h3>Group result</h3>" + _headline(c)
+
+
+def _headline(c: _Cohort) -> str:
+    """One line per metric (significant regions, largest effect) and the strongest correlation."""
+    sreg, scor, alpha = c.sreg, c.scor, c.alpha
+    if sreg is None or sreg.empty or "hedges_g" not in sreg.columns:
+        return unavailable("Group result", "no regional statistics")
+    pcol = "p_fdr" if "p_fdr" in sreg.columns else "p"
+    lines = []
+    for metric, sub in sreg.groupby(sreg["metric"].astype(str), sort=False):
+        sub = sub.dropna(subset=["hedges_g"])
+        if sub.empty:
+            continue
+        nsig = int((sub[pcol] < alpha).sum())
+        top = sub.loc[sub["hedges_g"].abs().idxmax()]
+        ci = ""
+        if "g_ci_low" in sub.columns:
+            ci = f" [{top['g_ci_low']:.2f}, {top['g_ci_high']:.2f}]"
+        lines.append(f"<li><b>{esc(metric)}</b>: {nsig} of {len(sub)} regions with {esc(pcol)} &lt; "
+                     f"{alpha:g}; largest effect in <b>{esc(top['region'])}</b>: Hedges' g = "
+                     f"{top['hedges_g']:.2f}{esc(ci)}, {esc(pcol)} = {top[pcol]:.3g}</li>")
+    if scor is not None and not scor.empty and "p" in scor.columns:
+        pc = "p_fdr" if "p_fdr" in scor.columns else "p"
+        best = scor.loc[scor["p"].idxmin()]
+        rtxt = f"r = {best['r']:.2f}, " if "r" in scor.columns else ""
+        lines.append(f"<li>Strongest clinical correlation: {esc(best.get('metric', ''))} in "
+                     f"<b>{esc(best.get('region', ''))}</b> with {esc(best.get('score', ''))}"
+                     f"{' (' + esc(best['group']) + ')' if 'group' in scor.columns else ''}: "
+                     f"{rtxt}{esc(pc)} = {best[pc]:.3g}</li>")
+    return f"<ul>{''.join(lines)}</ul>"
+
+
+def _sessions(c: _Cohort) -> str:
+    """The sessions table: status, report link, reasons to look, QC values (outliers in red)."""
+    df = c.sessions.copy()
+    df.index = df["session_id"].astype(str)
+    rep_col = next((k for k in ("report", "report_html", "report_path") if k in df.columns), None)
+    shown = pd.DataFrame(index=df.index)
+    shown["session_id"] = df["session_id"].astype(str)
+    shown["status"] = df["status"].astype(str)
+    shown["report"] = [_link(v, c.out_html) for v in (df[rep_col] if rep_col else [None] * len(df))]
+    shown["needs a look"] = [esc("; ".join(c.reasons.get(s, []))) for s in df.index]
+    qc_cols = _qc_columns(df)
+    other = [k for k in df.columns if k in _NOT_QC and pd.api.types.is_numeric_dtype(df[k])]
+    for k in qc_cols + other:
+        shown[k] = df[k]
+    cls = pd.DataFrame("", index=shown.index, columns=shown.columns)
+    cls["status"] = ["ok" if s == "done" else "bad" for s in shown["status"]]
+    cls["needs a look"] = ["warn" if c.reasons.get(s) else "" for s in shown.index]
+    for k in qc_cols:
+        if k in c.z.columns:
+            for sid in c.z.index[_is_outlier(k, c.z[k], c.threshold)]:
+                cls.at[sid, k] = "bad"
+    shown = shown.reset_index(drop=True)
+    cls = cls.reset_index(drop=True)
+    return (f'<p class="small">Cells in red: robust z (median/MAD) beyond ±{c.threshold:g} among '
+            "completed sessions (motion: high only; registration similarity: low only).</p>"
+            + table(shown, classes=cls, html_cols=["report", "needs a look"]))
+
+
+def _outliers(c: _Cohort) -> str:
+    if c.z.empty or c.z.shape[1] == 0 or len(c.z) < 3:
+        return unavailable("Outlier plot", "fewer than 3 completed sessions with QC values")
+    return figure(F.robust_z_figure(c.z, c.threshold, c.dpi), "robust z of QC metrics",
+                  f"Robust z per QC metric (one dot per session); red: |z| > {c.threshold:g}.")
+
+
+def _failures(c: _Cohort) -> str:
+    bad = c.sessions[c.sessions["status"] != "done"]
+    if bad.empty:
+        return "<p>" + badge("all sessions completed", "ok") + "</p>"
+    cols = [k for k in ("session_id", "participant_id", "status", "error_kind", "error") if k in bad.columns]
+    return table(bad[cols].reset_index(drop=True))
+
+
+def _effects(c: _Cohort) -> str:
+    sreg, alpha = c.sreg, c.alpha
+    if sreg is None or sreg.empty or "hedges_g" not in sreg.columns:
+        return unavailable("Regional effect sizes", "no stats_regional table")
+    html = figure(F.effect_size_figure(sreg, c.dpi, alpha), "regional effect sizes",
+                  f"Hedges' g (patient − control) with 95% CI; filled red: FDR-corrected p < {alpha:g}.")
+    cols = [k for k in ("metric", "region", "n", "estimate", "se", "t", "p", "p_fdr", "hedges_g",
+                        "g_ci_low", "g_ci_high", "percent_difference") if k in sreg.columns]
+    srt = sreg.sort_values("p") if "p" in sreg.columns else sreg
+    cls = pd.DataFrame("", index=srt.index, columns=cols)
+    if "p_fdr" in srt.columns:
+        cls["p_fdr"] = ["ok" if v < alpha else "" for v in srt["p_fdr"].to_numpy(float)]
+    return html + "<details><summary>table</summary>" + table(srt[cols], classes=cls, max_rows=200) + "</details>"
+
+
+def _genotype(c: _Cohort) -> str:
+    reg, sreg = c.reg, c.sreg
+    if reg is None or sreg is None or sreg.empty:
+        return unavailable("Metric by group and genotype", "needs the regional and stats tables")
+    metrics = [m for m in dict.fromkeys(sreg["metric"].astype(str)) if m in reg.columns][:2]
+    if not metrics:
+        return unavailable("Metric by group and genotype", "stats metrics not in the regional table")
+    html = ""
+    for m in metrics:
+        sub = sreg[sreg["metric"].astype(str) == m].dropna(subset=["hedges_g"])
+        region = str(sub.loc[sub["hedges_g"].abs().idxmax(), "region"])
+        html += figure(F.group_genotype_figure(reg, m, region, c.group_col, c.geno_col, c.dpi),
+                       f"{m} by group and genotype", f"{m} in {region} (largest effect), by "
+                       f"{c.geno_col} and {c.group_col}; bars: medians.")
+    return html
+
+
+def _correlations(c: _Cohort) -> str:
+    reg, scor = c.reg, c.scor
+    if scor is None or scor.empty:
+        return unavailable("Clinical correlations", "no stats_correlation table")
+    srt = scor.sort_values("p") if "p" in scor.columns else scor
+    html = ""
+    if reg is not None:
+        pairs = []
+        for _, r in srt.iterrows():
+            if r.get("metric") in reg.columns and r.get("score") in reg.columns:
+                pairs.append({k: r.get(k) for k in ("region", "metric", "score", "r", "p")})
+            if len(pairs) == 3:
+                break
+        if pairs:
+            html += figure(F.correlation_figure(reg, pairs, c.group_col, c.dpi), "clinical scatter plots",
+                           "Strongest correlations (by p) of a regional metric with a clinical score.")
+    return html + table(srt.reset_index(drop=True), max_rows=30)
+
+
+def _voxelwise(c: _Cohort) -> str:
+    if not c.voxelwise:
+        return unavailable("Voxelwise results", "no voxelwise outputs")
+    maps, clusters, thr = _voxelwise_items(c.voxelwise)
+    thr = thr if thr is not None else float(c.settings.get("cluster_forming_z", 3.1))
+    html = ""
+    for name, p in maps.items():
+        if not p.exists():
+            html += unavailable(name, f"missing {p.name}")
+            continue
+        html += figure(F.voxelwise_figure(nib.load(str(p)), thr, c.dpi, title=name), name,
+                       f"{name} thresholded at |z| > {thr:g} over the MNI152 template.")
+    for name, df in clusters.items():
+        html += f"<h3>Clusters: {esc(name)}</h3>" + (table(df, max_rows=50) if len(df) else
+                                                     '<p class="na">no clusters above threshold.</p>')
+    return html or unavailable("Voxelwise results", "no maps or cluster tables")
+
+
+def _methods(c: _Cohort) -> str:
+    if not c.provenance:
+        return unavailable("Methods text", "no provenance records: nothing to describe")
+    paras, cited = methods_text(c.provenance, c.config if c.config is not None else {"stats": c.settings})
+    return (methods_html(paras, cited) + "<details><summary>What ran (every recorded tool call)"
+            "</summary>" + table(provenance_table(c.provenance), max_rows=500) + "</details>")
+
+
+#: the dashboard's sections in page order: (anchor, title, navigation label, builder)
+_SECTIONS: tuple[tuple[str, str, str, Callable[[_Cohort], str]], ...] = (
+    ("overview", "Overview", "Overview", _overview),
+    ("sessions", "Sessions", "Sessions", _sessions),
+    ("outliers", "QC outliers", "Outliers", _outliers),
+    ("failed", "Failed and skipped sessions", "Failed/skipped", _failures),
+    ("effects", "Regional effect sizes", "Effect sizes", _effects),
+    ("genotype", "Metric by group and genotype", "Group × genotype", _genotype),
+    ("clinical", "Clinical scores", "Clinical", _correlations),
+    ("voxelwise", "Voxelwise results", "Voxelwise", _voxelwise),
+    ("methods", "Methods", "Methods", _methods),
+)
+
+
 def write_cohort_dashboard(out_html: str | Path, *, sessions: pd.DataFrame,
                            regional: pd.DataFrame | str | Path | None = None,
                            stats_regional: pd.DataFrame | str | Path | None = None,
@@ -339,186 +551,22 @@ def write_cohort_dashboard(out_html: str | Path, *, sessions: pd.DataFrame,
     """
     out_html = Path(out_html)
     st = dict(stats_settings or {})
-    alpha = float(alpha if alpha is not None else st.get("fdr_alpha", 0.05))
-    group_col = st.get("group_column", "group")
-    geno_col = st.get("genotype_column", "tspo_genotype")
     sessions = sessions.copy() if sessions is not None else pd.DataFrame(columns=["session_id", "status"])
     if "status" not in sessions.columns:
         sessions["status"] = "done"
     reg = _read(regional)
-    sreg = _read(stats_regional)
-    scor = _read(stats_correlation)
-    warns: list[str] = []
-
-    def guarded(anchor: str, title_: str, build: Callable[[], str]) -> str:
-        return guarded_section(anchor, title_, build, warns)
-
     z, reasons = qc_outliers(sessions, reg, threshold)
-    look = {sid: r for sid, r in reasons.items() if r}
-
-    def overview() -> str:
-        counts = sessions["status"].value_counts().to_dict()
-        items = [("sessions", len(sessions))] + [(k, v) for k, v in sorted(counts.items())]
-        items.append(("need a look", len(look)))
-        html = kv_table(items)
-        if look:
-            rows = "".join(f"<li><b>{esc(sid)}</b>: {esc('; '.join(r))}</li>" for sid, r in look.items())
-            html += f"<h3>Sessions that need a look</h3><ul>{rows}</ul>"
-        else:
-            html += "<p>" + badge("no session needs a look", "ok") + "</p>"
-        html += "<h3>Group result</h3>" + headline()
-        return html
-
-    def headline() -> str:
-        if sreg is None or sreg.empty or "hedges_g" not in sreg.columns:
-            return unavailable("Group result", "no regional statistics")
-        pcol = "p_fdr" if "p_fdr" in sreg.columns else "p"
-        lines = []
-        for metric, sub in sreg.groupby(sreg["metric"].astype(str), sort=False):
-            sub = sub.dropna(subset=["hedges_g"])
-            if sub.empty:
-                continue
-            nsig = int((sub[pcol] < alpha).sum())
-            top = sub.loc[sub["hedges_g"].abs().idxmax()]
-            ci = ""
-            if "g_ci_low" in sub.columns:
-                ci = f" [{top['g_ci_low']:.2f}, {top['g_ci_high']:.2f}]"
-            lines.append(f"<li><b>{esc(metric)}</b>: {nsig} of {len(sub)} regions with {esc(pcol)} &lt; "
-                         f"{alpha:g}; largest effect in <b>{esc(top['region'])}</b>: Hedges' g = "
-                         f"{top['hedges_g']:.2f}{esc(ci)}, {esc(pcol)} = {top[pcol]:.3g}</li>")
-        if scor is not None and not scor.empty and "p" in scor.columns:
-            pc = "p_fdr" if "p_fdr" in scor.columns else "p"
-            best = scor.loc[scor["p"].idxmin()]
-            rtxt = f"r = {best['r']:.2f}, " if "r" in scor.columns else ""
-            lines.append(f"<li>Strongest clinical correlation: {esc(best.get('metric', ''))} in "
-                         f"<b>{esc(best.get('region', ''))}</b> with {esc(best.get('score', ''))}"
-                         f"{' (' + esc(best['group']) + ')' if 'group' in scor.columns else ''}: "
-                         f"{rtxt}{esc(pc)} = {best[pc]:.3g}</li>")
-        return f"<ul>{''.join(lines)}</ul>"
-
-    def sessions_table() -> str:
-        df = sessions.copy()
-        df.index = df["session_id"].astype(str)
-        rep_col = next((c for c in ("report", "report_html", "report_path") if c in df.columns), None)
-        shown = pd.DataFrame(index=df.index)
-        shown["session_id"] = df["session_id"].astype(str)
-        shown["status"] = df["status"].astype(str)
-        shown["report"] = [_link(v, out_html) for v in (df[rep_col] if rep_col else [None] * len(df))]
-        shown["needs a look"] = [esc("; ".join(reasons.get(s, []))) for s in df.index]
-        qc_cols = _qc_columns(df)
-        other = [c for c in df.columns if c in _NOT_QC and pd.api.types.is_numeric_dtype(df[c])]
-        for c in qc_cols + other:
-            shown[c] = df[c]
-        cls = pd.DataFrame("", index=shown.index, columns=shown.columns)
-        cls["status"] = ["ok" if s == "done" else "bad" for s in shown["status"]]
-        cls["needs a look"] = ["warn" if reasons.get(s) else "" for s in shown.index]
-        for c in qc_cols:
-            if c in z.columns:
-                for sid in z.index[_is_outlier(c, z[c], threshold)]:
-                    cls.at[sid, c] = "bad"
-        shown = shown.reset_index(drop=True)
-        cls = cls.reset_index(drop=True)
-        return (f'<p class="small">Cells in red: robust z (median/MAD) beyond ±{threshold:g} among '
-                "completed sessions (motion: high only; registration similarity: low only).</p>" + table(shown, classes=cls, html_cols=["report", "needs a look"]))
-
-    def outliers() -> str:
-        if z.empty or z.shape[1] == 0 or len(z) < 3:
-            return unavailable("Outlier plot", "fewer than 3 completed sessions with QC values")
-        return figure(F.robust_z_figure(z, threshold, dpi), "robust z of QC metrics",
-                      f"Robust z per QC metric (one dot per session); red: |z| > {threshold:g}.")
-
-    def failures() -> str:
-        bad = sessions[sessions["status"] != "done"]
-        if bad.empty:
-            return "<p>" + badge("all sessions completed", "ok") + "</p>"
-        cols = [c for c in ("session_id", "participant_id", "status", "error_kind", "error") if c in bad.columns]
-        return table(bad[cols].reset_index(drop=True))
-
-    def effects() -> str:
-        if sreg is None or sreg.empty or "hedges_g" not in sreg.columns:
-            return unavailable("Regional effect sizes", "no stats_regional table")
-        html = figure(F.effect_size_figure(sreg, dpi, alpha), "regional effect sizes",
-                      f"Hedges' g (patient − control) with 95% CI; filled red: FDR-corrected p < {alpha:g}.")
-        cols = [c for c in ("metric", "region", "n", "estimate", "se", "t", "p", "p_fdr", "hedges_g",
-                            "g_ci_low", "g_ci_high", "percent_difference") if c in sreg.columns]
-        srt = sreg.sort_values("p") if "p" in sreg.columns else sreg
-        cls = pd.DataFrame("", index=srt.index, columns=cols)
-        if "p_fdr" in srt.columns:
-            cls["p_fdr"] = ["ok" if v < alpha else "" for v in srt["p_fdr"].to_numpy(float)]
-        html += "<details><summary>table</summary>" + table(srt[cols], classes=cls, max_rows=200) + "</details>"
-        return html
-
-    def genotype() -> str:
-        if reg is None or sreg is None or sreg.empty:
-            return unavailable("Metric by group and genotype", "needs the regional and stats tables")
-        metrics = [m for m in dict.fromkeys(sreg["metric"].astype(str)) if m in reg.columns][:2]
-        if not metrics:
-            return unavailable("Metric by group and genotype", "stats metrics not in the regional table")
-        html = ""
-        for m in metrics:
-            sub = sreg[sreg["metric"].astype(str) == m].dropna(subset=["hedges_g"])
-            region = str(sub.loc[sub["hedges_g"].abs().idxmax(), "region"])
-            html += figure(F.group_genotype_figure(reg, m, region, group_col, geno_col, dpi),
-                           f"{m} by group and genotype", f"{m} in {region} (largest effect), by "
-                           f"{geno_col} and {group_col}; bars: medians.")
-        return html
-
-    def correlations() -> str:
-        if scor is None or scor.empty:
-            return unavailable("Clinical correlations", "no stats_correlation table")
-        srt = scor.sort_values("p") if "p" in scor.columns else scor
-        html = ""
-        if reg is not None:
-            pairs = []
-            for _, r in srt.iterrows():
-                if r.get("metric") in reg.columns and r.get("score") in reg.columns:
-                    pairs.append({k: r.get(k) for k in ("region", "metric", "score", "r", "p")})
-                if len(pairs) == 3:
-                    break
-            if pairs:
-                html += figure(F.correlation_figure(reg, pairs, group_col, dpi), "clinical scatter plots",
-                               "Strongest correlations (by p) of a regional metric with a clinical score.")
-        return html + table(srt.reset_index(drop=True), max_rows=30)
-
-    def voxel() -> str:
-        if not voxelwise:
-            return unavailable("Voxelwise results", "no voxelwise outputs")
-        maps, clusters, thr = _voxelwise_items(voxelwise)
-        thr = thr if thr is not None else float(st.get("cluster_forming_z", 3.1))
-        html = ""
-        for name, p in maps.items():
-            if not p.exists():
-                html += unavailable(name, f"missing {p.name}")
-                continue
-            html += figure(F.voxelwise_figure(nib.load(str(p)), thr, dpi, title=name), name,
-                           f"{name} thresholded at |z| > {thr:g} over the MNI152 template.")
-        for name, df in clusters.items():
-            html += f"<h3>Clusters: {esc(name)}</h3>" + (table(df, max_rows=50) if len(df) else
-                                                         '<p class="na">no clusters above threshold.</p>')
-        return html or unavailable("Voxelwise results", "no maps or cluster tables")
-
-    def methods() -> str:
-        records = list(provenance or [])
-        if not records:
-            return unavailable("Methods text", "no provenance records: nothing to describe")
-        paras, cited = methods_text(records, dict(config) if config is not None else {"stats": st})
-        return (methods_html(paras, cited) + "<details><summary>What ran (every recorded tool call)"
-                "</summary>" + table(provenance_table(records), max_rows=500) + "</details>")
-
-    body = guarded("overview", "Overview", overview)
-    body += guarded("sessions", "Sessions", sessions_table)
-    body += guarded("outliers", "QC outliers", outliers)
-    body += guarded("failed", "Failed and skipped sessions", failures)
-    body += guarded("effects", "Regional effect sizes", effects)
-    body += guarded("genotype", "Metric by group and genotype", genotype)
-    body += guarded("clinical", "Clinical scores", correlations)
-    body += guarded("voxelwise", "Voxelwise results", voxel)
-    body += guarded("methods", "Methods", methods)
+    c = _Cohort(out_html=out_html, sessions=sessions, reg=reg, sreg=_read(stats_regional),
+                scor=_read(stats_correlation), voxelwise=voxelwise, settings=st,
+                alpha=float(alpha if alpha is not None else st.get("fdr_alpha", 0.05)),
+                threshold=threshold, dpi=dpi, z=z, reasons=reasons, provenance=list(provenance or []),
+                config=dict(config) if config is not None else None)
+    warns: list[str] = []
+    body = "".join(guarded_section(anchor, name, functools.partial(build, c), warns)
+                   for anchor, name, _, build in _SECTIONS)
     if warns:
         body += section("warnings", "Warnings", "<ul>" + "".join(f"<li>{esc(w)}</li>" for w in warns) + "</ul>")
     n_done = int((sessions["status"] == "done").sum())
-    sub = f"{len(sessions)} sessions · {n_done} done · {len(look)} need a look"
-    nav = [("overview", "Overview"), ("sessions", "Sessions"), ("outliers", "Outliers"),
-           ("failed", "Failed/skipped"), ("effects", "Effect sizes"), ("genotype", "Group × genotype"),
-           ("clinical", "Clinical"), ("voxelwise", "Voxelwise"), ("methods", "Methods")]
+    sub = f"{len(sessions)} sessions · {n_done} done · {len(c.look)} need a look"
+    nav = [(anchor, label) for anchor, _, label, _ in _SECTIONS]
     return atomic_write_text(out_html, page(title, body, subtitle=sub, nav=nav))

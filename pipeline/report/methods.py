@@ -180,6 +180,13 @@ def _uses_nipype(c: ToolCall) -> bool:
     return c.tool == "Nipype" or c.interface.startswith("nipype.")
 
 
+def _wraps(nipype_call: ToolCall, tool: str) -> bool:
+    """Whether a Nipype record's interface (``nipype.interfaces.fsl.MCFLIRT``) wraps ``tool``."""
+    parts = nipype_call.interface.lower().split(".")
+    return nipype_call.tool == "Nipype" and parts[:2] == ["nipype", "interfaces"] and \
+        len(parts) > 2 and parts[2] == tool.lower()
+
+
 def _method(c: ToolCall) -> tuple[str, list[str]]:
     """Method name and references of a record (the interface itself when not a known method)."""
     toks = _tokens(c.interface)
@@ -223,14 +230,19 @@ class _Records:
         version, e.g. ``N4 [1] in ANTs (ANTsPy 0.6.3) [2, 3]``; gliaflow's own records are
         left out (the sentence describes gliaflow's method)."""
         calls = self.by_step.get(step, [])
-        wrapped = any(_uses_nipype(c) and c.tool != "Nipype" for c in calls)
-        nipype = next((c.version for c in calls if c.tool == "Nipype"), None)
+        nipype_calls = [c for c in calls if c.tool == "Nipype"]
+        tools = {c.tool for c in calls if c.tool not in ("gliaflow", "Nipype")}
+        any_wrapped = any(_uses_nipype(c) and c.tool != "Nipype" for c in calls)
+        nipype = next((c.version for c in nipype_calls), None)
         groups: dict[tuple[str, str], list[ToolCall]] = {}
         for c in calls:
             # gliaflow's records: the sentence describes gliaflow's method; a Nipype record
-            # beside the tool it wraps is said as "through Nipype"
-            if c.tool != "gliaflow" and not (c.tool == "Nipype" and wrapped):
-                groups.setdefault((c.tool, c.version), []).append(c)
+            # beside the tool it wraps (FSL's record next to nipype.interfaces.fsl.*) is said
+            # as "through Nipype"
+            if c.tool == "gliaflow" or (c.tool == "Nipype" and (
+                    any_wrapped or any(_wraps(c, t) for t in tools))):
+                continue
+            groups.setdefault((c.tool, c.version), []).append(c)
         parts = []
         for (tool, version), group in groups.items():
             methods = []
@@ -240,7 +252,8 @@ class _Records:
                 if text not in methods:
                     methods.append(text)
             text = f"{_join(methods)} in {_tool_label(tool, version)} {cite(*_tool_refs(tool, version))}"
-            if tool != "Nipype" and any(map(_uses_nipype, group)):
+            if tool != "Nipype" and (any(map(_uses_nipype, group))
+                                     or any(_wraps(n, tool) for n in nipype_calls)):
                 text = f"{text.rstrip()} through {_tool_label('Nipype', nipype)} {cite('gorgolewski2011')}"
             parts.append(text.rstrip())
         return "; ".join(parts)
@@ -408,6 +421,13 @@ def _kinetics(r: _Records, cfg: Mapping[str, Any], cite: _Citations) -> str:
     return " ".join(s)
 
 
+_SCREENED_REGIONS = ("Regions that could not be tested (the same value in every subject, or fitted "
+                     "exactly by the design) were left out; they are listed in the statistics summary.")
+_SCREENED_VOXELS = ("Voxels that could not be tested (not finite in some subject's map, the same value "
+                    "in every subject, or fitted exactly by the design) were left out of the analysis "
+                    "mask; their numbers are in the statistics summary.")
+
+
 def _group(r: _Records, cfg: Mapping[str, Any], cite: _Citations) -> str:
     st = dict(cfg.get("stats") or {})
 
@@ -426,6 +446,8 @@ def _group(r: _Records, cfg: Mapping[str, Any], cite: _Citations) -> str:
             txt += (f", and by {g('n_permutations')} Freedman-Lane permutations {cite('winkler2014')}"
                     " for the family-wise error rate")
         s.append(txt + _with(r.how(STEP_GROUP_REGIONAL, cite)) + ".")
+        if any(i.endswith("screen_columns") for i in r.interfaces(STEP_GROUP_REGIONAL)):
+            s.append(_SCREENED_REGIONS)
     if r.has(STEP_GROUP_CORRELATION):
         groups = g("correlation_groups") or [g("patient_label")]
         s.append(f"Partial correlations of the regional metrics with {_join(g('clinical_scores') or [])} "
@@ -438,6 +460,8 @@ def _group(r: _Records, cfg: Mapping[str, Any], cite: _Citations) -> str:
             txt += f" and threshold-free cluster enhancement {cite('smith2009')}"
         s.append(txt + ", controlling the family-wise error rate"
                  + _with(r.how(STEP_GROUP_VOXELWISE, cite)) + ".")
+        if any(i.endswith("screen_columns") for i in r.interfaces(STEP_GROUP_VOXELWISE)):
+            s.append(_SCREENED_VOXELS)
     return " ".join(s)
 
 

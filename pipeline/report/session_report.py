@@ -484,8 +484,10 @@ def write_session_report(out_html: str | Path, *, session_id: str, sidecar: dict
     flags : list of str
         QC flags raised by the stages (e.g. ``coreg_suspect``).
     config : dict
-        The effective configuration (``PipelineConfig.model_dump(mode="json")``): the settings
-        the methods text states and ``report.dpi``.
+        Configuration sections as JSON-able dicts: those the session used
+        (``gliaflow.pipeline.config.stage_settings(cfg, "report")``) or the whole
+        ``PipelineConfig.model_dump(mode="json")``: the settings the methods text states, the
+        settings table and ``report.dpi``.
     errors : list of str
         Errors of this session (stages that failed), shown prominently.
     warnings : list of str, optional

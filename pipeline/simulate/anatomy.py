@@ -71,7 +71,7 @@ def box_grid(lo_mm, hi_mm, vox_mm: float, flip_x: bool = False) -> tuple[tuple[i
 
     ``flip_x`` stores x from right to left (a LAS voxel order, like many scanner exports)."""
     lo, hi = np.asarray(lo_mm, float), np.asarray(hi_mm, float)
-    shape = tuple(int(np.ceil((h - l) / vox_mm)) + 1 for l, h in zip(lo, hi))
+    shape = tuple(int(np.ceil((b - a) / vox_mm)) + 1 for a, b in zip(lo, hi))
     aff = np.diag([vox_mm, vox_mm, vox_mm, 1.0])
     aff[:3, 3] = lo
     if flip_x:

@@ -327,19 +327,53 @@ def _write_json(path: Path, data: dict) -> None:
     atomic_write_json(path, data)
 
 
-def _simulate_session(out_dir: Path, truth_dir: Path, subj: dict, preset: SizePreset, seed: int,
-                      index: int, atlas_name: str, motion: bool, misalign: bool,
-                      noise_scale: float) -> dict[str, Any]:
-    rng = np.random.default_rng([seed, index, 7])
-    src = _sources(preset.template_mm, atlas_name)
-    atlas = src["atlas"]
-    sub = subj["participant_id"]
-    ent = f"{sub}_ses-{SESSION}"
-    lo, hi = _world_box(src["shape"], src["affine"])
-    lo, hi = lo + 4.0, hi - 4.0  # the template box has >= 10 mm of margin around the scalp
-    center = np.array([0.0, -18.0, 18.0])
+@dataclass
+class _Anatomy:
+    """One subject's anatomy on its T1w grid (world RAS mm)."""
 
-    # --- anatomy -------------------------------------------------------------------------------
+    phi: Deformation  # T1w world -> template (MNI) world
+    shape: tuple[int, int, int]
+    affine: np.ndarray
+    labels: np.ndarray  # atlas labels (int)
+    fractions: dict[str, np.ndarray]  # gm, wm, csf, extra tissue fractions (0..1)
+    refs: dict[str, np.ndarray]  # reference-region masks (uint8)
+    mni: np.ndarray  # (voxels, 3) template world coordinate of each T1w voxel centre (mm)
+
+
+@dataclass
+class _Kinetics:
+    """One subject's blood input, rate constants and the TAC of every tissue class."""
+
+    fs: np.ndarray  # frame starts (s)
+    fe: np.ndarray  # frame ends (s)
+    t_grid: np.ndarray  # 1 s grid from injection (s)
+    p_in: dict[str, Any]  # input-function parameters (random_input)
+    curves: dict[str, np.ndarray]  # parent, plasma, whole_blood (Bq/mL), parent_fraction on t_grid
+    kin: pd.DataFrame  # one row per class/region (_kinetic_table), truth columns added later
+    tacs: np.ndarray  # (frames, rows of kin) frame-mean activity (Bq/mL)
+    ci: dict[str, int]  # row of the wm, csf, extra classes
+    gm_rows: np.ndarray  # rows of the GM classes (first: unlabeled GM)
+    gm_index: np.ndarray  # their atlas label indices
+    lut: np.ndarray  # atlas label -> row (unlabeled GM for labels without a row)
+
+
+@dataclass
+class _PetGeometry:
+    """PET grid, the PET-to-T1w misalignment and the head motion per frame."""
+
+    shape: tuple[int, int, int]
+    affine: np.ndarray
+    rot_deg: np.ndarray  # PET-to-T1w rotation (deg)
+    trans_mm: np.ndarray  # PET-to-T1w translation (mm)
+    pet_to_t1: np.ndarray  # x_T1w = pet_to_t1 @ x_PET (reference head pose)
+    poses: np.ndarray  # (frames, 6): rot xyz (deg), trans xyz (mm)
+    H: list[np.ndarray]  # rigid motion per frame: x_f = H_f @ x_ref
+
+
+def _simulate_anatomy(rng: np.random.Generator, src: dict, preset: SizePreset, lo: np.ndarray,
+                      hi: np.ndarray, center: np.ndarray, anat_dir: Path, ent: str) -> _Anatomy:
+    """Warp the template head into a subject, write its T1w (bias field, Rician noise) and
+    return the anatomy on the T1w grid."""
     phi = Deformation.random(rng, lo - 10, hi + 10, center)
     t1_shape, t1_aff = box_grid(lo - 8, hi + 8, preset.t1_mm)
     pts = grid_points(t1_shape, t1_aff)
@@ -352,24 +386,26 @@ def _simulate_session(out_dir: Path, truth_dir: Path, subj: dict, preset: SizePr
     t1_img.header.set_xyzt_units("mm", "sec")
     t1_img.header.set_qform(t1_aff, 1)
     t1_img.header.set_sform(t1_aff, 1)
-    anat_dir = out_dir / sub / f"ses-{SESSION}" / "anat"
     save_nifti(t1_img, anat_dir / f"{ent}_T1w.nii.gz")
     _write_json(anat_dir / f"{ent}_T1w.json", {
         "Modality": "MR", "MagneticFieldStrength": 3, "Manufacturer": "gliaflow phantom",
         "ManufacturersModelName": "digital phantom", "MRAcquisitionType": "3D",
         "SeriesDescription": "simulated T1w (MNI152 2009a warped, bias field, Rician noise)"})
+    return _Anatomy(
+        phi=phi, shape=t1_shape, affine=t1_aff, labels=anat["labels"].reshape(t1_shape),
+        fractions={k: anat[k].reshape(t1_shape) for k in ("gm", "wm", "csf", "extra")},
+        refs={k: sample_vox(v, anat["vox"], order=0).reshape(t1_shape).astype(np.uint8)
+              for k, v in src["refs"].items()},
+        mni=anat["mni"])
 
-    labels_t1 = anat["labels"].reshape(t1_shape)
-    frac_t1 = {k: anat[k].reshape(t1_shape) for k in ("gm", "wm", "csf", "extra")}
-    refs_t1 = {k: sample_vox(v, anat["vox"], order=0).reshape(t1_shape).astype(np.uint8)
-               for k, v in src["refs"].items()}
 
-    # --- kinetics and blood --------------------------------------------------------------------
+def _simulate_kinetics(rng: np.random.Generator, subj: dict, src: dict) -> _Kinetics:
+    """Draw the blood input and the rate constants; the TAC of every class (2TCM/1TCM + vB)."""
     fs, fe = frame_timing()
     t_grid = np.arange(0.0, fe[-1] + 1.0, 1.0)
     p_in = random_input(rng, subj["dose_mbq"])
     curves = blood_curves(p_in, t_grid)
-    kin = _kinetic_table(subj, atlas.labels, rng)
+    kin = _kinetic_table(subj, src["atlas"].labels, rng)
     tacs = np.stack([tcm_tac(fs, fe, t_grid, curves["parent"], curves["whole_blood"],
                              r.K1, r.k2, r.k3, r.k4, r.vB) for r in kin.itertuples()], axis=1)  # (F, C)
     ci = {c: int(np.flatnonzero((kin["class"] == c).to_numpy())[0]) for c in ("wm", "csf", "extra")}
@@ -378,14 +414,23 @@ def _simulate_session(out_dir: Path, truth_dir: Path, subj: dict, preset: SizePr
     lut = np.zeros(int(max(gm_index.max(), src["labels"].max())) + 1, dtype=np.int64)  # label -> row
     lut[:] = gm_rows[0]
     lut[gm_index] = gm_rows
+    return _Kinetics(fs=fs, fe=fe, t_grid=t_grid, p_in=p_in, curves=curves, kin=kin, tacs=tacs,
+                     ci=ci, gm_rows=gm_rows, gm_index=gm_index, lut=lut)
 
-    # --- truth in T1 space ---------------------------------------------------------------------
+
+def _regional_truth(k: _Kinetics, an: _Anatomy, preset: SizePreset) -> dict[str, np.ndarray]:
+    """True TACs (Bq/mL) of every T1w-space atlas region and reference region; adds VT_region,
+    tissue fractions, volume (mL) and SUVR_wb/_occ/_cbl to ``k.kin``. Returns the truth TAC
+    table's columns (frame_start, frame_end, one per region, ``ref_<name>``)."""
+    kin, tacs, ci, gm_rows, gm_index, lut = k.kin, k.tacs, k.ci, k.gm_rows, k.gm_index, k.lut
+    fs, fe = k.fs, k.fe
+    labels_t1, frac_t1 = an.labels, an.fractions
     vox_ml = preset.t1_mm ** 3 / 1000.0
     truth_tacs = {"frame_start": fs, "frame_end": fe}
     lab_flat = labels_t1.ravel()
     fr_means = {}
-    for k in ("gm", "wm", "csf", "extra"):
-        fr_means[k] = ndi.mean(frac_t1[k], labels_t1, gm_index) if gm_index.size else np.array([])
+    for c in ("gm", "wm", "csf", "extra"):
+        fr_means[c] = ndi.mean(frac_t1[c], labels_t1, gm_index) if gm_index.size else np.array([])
     counts = np.bincount(lab_flat, minlength=lut.size)[gm_index]
 
     def mix_tac(mg, mw, mc, mx, row):
@@ -404,14 +449,14 @@ def _simulate_session(out_dir: Path, truth_dir: Path, subj: dict, preset: SizePr
         kin.loc[row, "volume_ml"] = n * vox_ml
         if n == 0:
             continue
-        mg, mw, mc, mx = (fr_means[k][j] for k in ("gm", "wm", "csf", "extra"))
+        mg, mw, mc, mx = (fr_means[c][j] for c in ("gm", "wm", "csf", "extra"))
         kin.loc[row, ["gm_fraction", "wm_fraction", "csf_fraction"]] = [mg, mw, mc]
         kin.loc[row, "VT_region"] = mg * vt[row] + mw * vt[ci["wm"]] + mc * vt[ci["csf"]] + mx * vt[ci["extra"]]
         truth_tacs[kin.loc[row, "name"]] = mix_tac(mg, mw, mc, mx, row)
     # reference regions: voxelwise labels inside them (GM kinetics differ by region)
     gm_t1 = frac_t1["gm"]
     ref_tacs = {}
-    for name, m in refs_t1.items():
+    for name, m in an.refs.items():
         sel = m.astype(bool)
         if not sel.any():
             ref_tacs[name] = np.full(fs.size, np.nan)
@@ -420,8 +465,8 @@ def _simulate_session(out_dir: Path, truth_dir: Path, subj: dict, preset: SizePr
         wsum = np.bincount(rows, weights=gm_t1[sel], minlength=len(kin))
         nvox = sel.sum()
         tac = tacs @ (wsum / nvox)
-        for k in ("wm", "csf", "extra"):
-            tac = tac + frac_t1[k][sel].mean() * tacs[:, ci[k]]
+        for c in ("wm", "csf", "extra"):
+            tac = tac + frac_t1[c][sel].mean() * tacs[:, ci[c]]
         ref_tacs[name] = tac
         truth_tacs[f"ref_{name}"] = tac
     mids = 0.5 * (fs + fe)
@@ -435,16 +480,20 @@ def _simulate_session(out_dir: Path, truth_dir: Path, subj: dict, preset: SizePr
         denom = late(ref_tacs[ref])
         kin[col] = [late(truth_tacs[nm]) / denom if nm in truth_tacs and kin.loc[i, "class"] == "gm" and i != gm_rows[0]
                     else np.nan for i, nm in zip(kin.index, kin["name"])]
+    return truth_tacs
 
-    # --- PET geometry --------------------------------------------------------------------------
+
+def _pet_geometry(rng: np.random.Generator, preset: SizePreset, lo: np.ndarray, hi: np.ndarray,
+                  center: np.ndarray, fs: np.ndarray, motion: bool, misalign: bool) -> _PetGeometry:
+    """PET grid (flipped x), a random PET-to-T1w misalignment and a random walk of head motion
+    from the first frame starting at or after MOTION_ONSET_S."""
     pet_shape, pet_aff = box_grid(lo - 6, hi + 6, preset.pet_mm, flip_x=True)
     if misalign:
         c_rot, c_tr = rng.uniform(-5, 5, 3), rng.uniform(-10, 10, 3)
     else:
         c_rot, c_tr = np.zeros(3), np.zeros(3)
     pet_to_t1 = rigid_matrix(c_rot, c_tr, center)
-    n_frames = fs.size
-    poses = np.zeros((n_frames, 6))  # rot xyz (deg), trans xyz (mm)
+    poses = np.zeros((fs.size, 6))  # rot xyz (deg), trans xyz (mm)
     if motion:
         moving = np.flatnonzero(fs >= MOTION_ONSET_S)
         cur = np.zeros(6)
@@ -454,9 +503,18 @@ def _simulate_session(out_dir: Path, truth_dir: Path, subj: dict, preset: SizePr
             cur[3:] = np.clip(cur[3:], -4, 4)
             poses[f] = cur
     H = [rigid_matrix(p[:3], p[3:], center) for p in poses]
+    return _PetGeometry(shape=pet_shape, affine=pet_aff, rot_deg=c_rot, trans_mm=c_tr,
+                        pet_to_t1=pet_to_t1, poses=poses, H=H)
 
-    pet_pts = grid_points(pet_shape, pet_aff)
-    data = np.zeros(pet_shape + (n_frames,), dtype=np.float32)
+
+def _pet_frames(rng: np.random.Generator, src: dict, phi, k: _Kinetics, g: _PetGeometry,
+                preset: SizePreset, noise_scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """The 4-D PET (Bq/mL, float32): tissue fractions mixed per voxel in each frame's head pose,
+    PSF blur, activity-dependent noise. Returns the data and the decay factor of each frame."""
+    fs, fe, tacs, ci, lut = k.fs, k.fe, k.tacs, k.ci, k.lut
+    n_frames = fs.size
+    pet_pts = grid_points(g.shape, g.affine)
+    data = np.zeros(g.shape + (n_frames,), dtype=np.float32)
     sig = preset.psf_fwhm_mm / 2.3548 / preset.pet_mm
     lam = np.log(2) / HALF_LIFE_C11_S
     dur = fe - fs
@@ -464,28 +522,33 @@ def _simulate_session(out_dir: Path, truth_dir: Path, subj: dict, preset: SizePr
     k_noise = NOISE_K * noise_scale * (2.0 / preset.pet_mm) ** 3
     cache_key, maps = None, None
     for f in range(n_frames):
-        key = tuple(np.round(poses[f], 9))
+        key = tuple(np.round(g.poses[f], 9))
         if key != cache_key:
-            x_t1 = apply(pet_to_t1 @ np.linalg.inv(H[f]), pet_pts)
+            x_t1 = apply(g.pet_to_t1 @ np.linalg.inv(g.H[f]), pet_pts)
             m = _pull(src, phi, x_t1)
             rows = lut[np.clip(m["labels"], 0, lut.size - 1)]
             maps = (m["gm"], rows, m["wm"], m["csf"], m["extra"])
             cache_key = key
         gm, rows, wm, csf, ex = maps
         img = (gm * tacs[f, rows] + wm * tacs[f, ci["wm"]] + csf * tacs[f, ci["csf"]]
-               + ex * tacs[f, ci["extra"]]).reshape(pet_shape)
+               + ex * tacs[f, ci["extra"]]).reshape(g.shape)
         img = ndi.gaussian_filter(img, sig, mode="constant")
         floor = 0.05 * float(img.max())
         var = k_noise * (np.clip(img, 0, None) + floor) / (dur[f] * decay[f])
-        data[..., f] = img + rng.standard_normal(pet_shape) * np.sqrt(var)
-    del pet_pts
-    pet_img = nib.Nifti1Image(data, pet_aff)
+        data[..., f] = img + rng.standard_normal(g.shape) * np.sqrt(var)
+    return data, decay
+
+
+def _write_pet(rng: np.random.Generator, data: np.ndarray, decay: np.ndarray, g: _PetGeometry,
+               k: _Kinetics, subj: dict, preset: SizePreset, pet_dir: Path, pent: str) -> None:
+    """The PET image (int16 with a scale factor, like scanners) and its BIDS sidecar (the
+    injected mass is drawn here)."""
+    fs, dur = k.fs, k.fe - k.fs
+    pet_img = nib.Nifti1Image(data, g.affine)
     pet_img.set_data_dtype(np.int16)  # stored as int16 with a scale factor (scl_slope), like scanners
     pet_img.header.set_xyzt_units("mm", "sec")
-    pet_img.header.set_qform(pet_aff, 1)
-    pet_img.header.set_sform(pet_aff, 1)
-    pet_dir = out_dir / sub / f"ses-{SESSION}" / "pet"
-    pent = f"{ent}_trc-{TRACER}"
+    pet_img.header.set_qform(g.affine, 1)
+    pet_img.header.set_sform(g.affine, 1)
     save_nifti(pet_img, pet_dir / f"{pent}_pet.nii.gz")
     mass_ug = round(float(rng.uniform(1.5, 3.5)), 2)
     _write_json(pet_dir / f"{pent}_pet.json", {
@@ -509,8 +572,11 @@ def _simulate_session(out_dir: Path, truth_dir: Path, subj: dict, preset: SizePr
         "BodyWeight": subj["weight"], "BodyWeightUnits": "kg",
     })
 
-    # --- blood ---------------------------------------------------------------------------------
-    # the arterial sampling site sees the bolus later than the brain: blood_delay_s
+
+def _write_blood(rng: np.random.Generator, k: _Kinetics, pet_dir: Path, pent: str) -> float:
+    """Autosampler and manual blood recordings (kBq/mL) with their sidecars; the sampling site
+    sees the bolus later than the brain. Returns that delay (s)."""
+    p_in, t_grid = k.p_in, k.t_grid
     blood_delay_s = float(rng.uniform(3.0, 10.0))
     measured = blood_curves(p_in, t_grid - blood_delay_s)
     auto = autosampler_samples(rng, p_in, t_grid, measured)
@@ -540,46 +606,87 @@ def _simulate_session(out_dir: Path, truth_dir: Path, subj: dict, preset: SizePr
         "whole_blood_radioactivity": col("Whole-blood radioactivity, decay-corrected to injection", "kBq/mL"),
         "metabolite_parent_fraction": col("Fraction of plasma radioactivity from the parent compound", "unitless"),
     })
+    return blood_delay_s
 
-    # --- truth files ---------------------------------------------------------------------------
-    tdir = truth_dir / sub / f"ses-{SESSION}"
-    kin_out = kin.copy()
+
+def _write_truth(tdir: Path, ent: str, sub: str, k: _Kinetics, truth_tacs: dict, an: _Anatomy,
+                 g: _PetGeometry, center: np.ndarray, atlas) -> pd.DataFrame:
+    """The session's truth files (see :data:`TRUTH_README`). Returns the kinetics table written."""
+    kin_out = k.kin.copy()
     kin_out.insert(0, "participant_id", sub)
     kin_out.insert(1, "session", SESSION)
     write_tsv(kin_out, tdir / f"{ent}_desc-truth_kinetics.tsv", float_format=_TRUTH_FMT)
     write_tsv(pd.DataFrame(truth_tacs), tdir / f"{ent}_desc-truth_tacs.tsv", float_format=_TRUTH_FMT)
-    write_tsv(pd.DataFrame({"time": t_grid, "parent_plasma": curves["parent"], "plasma": curves["plasma"],
+    curves = k.curves
+    write_tsv(pd.DataFrame({"time": k.t_grid, "parent_plasma": curves["parent"], "plasma": curves["plasma"],
                             "whole_blood": curves["whole_blood"], "parent_fraction": curves["parent_fraction"]}),
               tdir / f"{ent}_desc-truth_blood.tsv", float_format=_TRUTH_FMT)
-    mot = pd.DataFrame({"frame": np.arange(n_frames), "frame_start": fs, "frame_end": fe,
+    poses = g.poses
+    mot = pd.DataFrame({"frame": np.arange(k.fs.size), "frame_start": k.fs, "frame_end": k.fe,
                         "rot_x": poses[:, 0], "rot_y": poses[:, 1], "rot_z": poses[:, 2],
                         "trans_x": poses[:, 3], "trans_y": poses[:, 4], "trans_z": poses[:, 5],
                         "center_x": center[0], "center_y": center[1], "center_z": center[2]})
     write_tsv(mot, tdir / f"{ent}_desc-motion_timeseries.tsv", float_format=_TRUTH_FMT)
     _write_json(tdir / f"{ent}_desc-motion_xfms.json", {
         "Description": "Rigid head motion H_f per frame (PET world RAS mm): x_f = H_f @ x_ref",
-        "Space": "PET world, RAS+ mm", "matrices": [h.round(9).tolist() for h in H]})
+        "Space": "PET world, RAS+ mm", "matrices": [h.round(9).tolist() for h in g.H]})
     _write_json(tdir / f"{ent}_from-pet_to-T1w_xfm.json", {
         "Description": "x_T1w = matrix @ x_PET (world RAS+ mm, reference head pose)",
-        "matrix": pet_to_t1.round(9).tolist(), "inverse": np.linalg.inv(pet_to_t1).round(9).tolist(),
-        "rotation_deg": c_rot.tolist(), "translation_mm": c_tr.tolist(), "center_mm": center.tolist()})
-    coords = nib.Nifti1Image(anat["mni"].reshape(t1_shape + (3,)).astype(np.float32), t1_aff)
+        "matrix": g.pet_to_t1.round(9).tolist(), "inverse": np.linalg.inv(g.pet_to_t1).round(9).tolist(),
+        "rotation_deg": g.rot_deg.tolist(), "translation_mm": g.trans_mm.tolist(), "center_mm": center.tolist()})
+    t1_shape, t1_aff = an.shape, an.affine
+    coords = nib.Nifti1Image(an.mni.reshape(t1_shape + (3,)).astype(np.float32), t1_aff)
     save_nifti(coords, tdir / f"{ent}_from-T1w_to-MNI152NLin2009aSym_mode-image_xfm.nii.gz")
     _write_json(tdir / f"{ent}_from-T1w_to-MNI152NLin2009aSym_xfm.json", {
         "Description": "x_mni = affine @ (x_t1 + u(x_t1)); the _mode-image_xfm.nii.gz holds x_mni per "
-                       "T1w voxel (RAS+ mm)", "affine": phi.A.round(9).tolist(), **phi.params})
+                       "T1w voxel (RAS+ mm)", "affine": an.phi.A.round(9).tolist(), **an.phi.params})
     atlas_tag = atlas.name.replace("-", "")
-    save_nifti(nib.Nifti1Image(labels_t1.astype(np.int16), t1_aff), tdir / f"{ent}_space-T1w_seg-{atlas_tag}_dseg.nii.gz")
+    save_nifti(nib.Nifti1Image(an.labels.astype(np.int16), t1_aff), tdir / f"{ent}_space-T1w_seg-{atlas_tag}_dseg.nii.gz")
     write_tsv(atlas.labels, tdir / f"{ent}_space-T1w_seg-{atlas_tag}_dseg.tsv")
-    for k, lab in (("gm", "GM"), ("wm", "WM"), ("csf", "CSF")):
-        save_nifti(nib.Nifti1Image(frac_t1[k].astype(np.float32), t1_aff), tdir / f"{ent}_space-T1w_label-{lab}_probseg.nii.gz")
-    for k, m in refs_t1.items():
-        save_nifti(nib.Nifti1Image(m, t1_aff), tdir / f"{ent}_space-T1w_desc-{k.replace('_', '')}_mask.nii.gz")
+    for c, lab in (("gm", "GM"), ("wm", "WM"), ("csf", "CSF")):
+        save_nifti(nib.Nifti1Image(an.fractions[c].astype(np.float32), t1_aff),
+                   tdir / f"{ent}_space-T1w_label-{lab}_probseg.nii.gz")
+    for name, m in an.refs.items():
+        save_nifti(nib.Nifti1Image(m, t1_aff), tdir / f"{ent}_space-T1w_desc-{name.replace('_', '')}_mask.nii.gz")
+    return kin_out
 
+
+def _simulate_session(out_dir: Path, truth_dir: Path, subj: dict, preset: SizePreset, seed: int,
+                      index: int, atlas_name: str, motion: bool, misalign: bool,
+                      noise_scale: float) -> dict[str, Any]:
+    """Simulate and write one subject's session (T1w, PET, blood) and its truth.
+
+    Every random draw comes from ``default_rng([seed, index, 7])`` in a fixed order (anatomy,
+    kinetics, PET geometry and noise, injected mass, blood), so a session depends only on the
+    seed and its index. Returns the session's row of cohort_truth.tsv plus ``_kinetics`` (its
+    truth kinetics table).
+    """
+    rng = np.random.default_rng([seed, index, 7])
+    src = _sources(preset.template_mm, atlas_name)
+    sub = subj["participant_id"]
+    ent = f"{sub}_ses-{SESSION}"
+    lo, hi = _world_box(src["shape"], src["affine"])
+    lo, hi = lo + 4.0, hi - 4.0  # the template box has >= 10 mm of margin around the scalp
+    center = np.array([0.0, -18.0, 18.0])
+    pet_dir = out_dir / sub / f"ses-{SESSION}" / "pet"
+    pent = f"{ent}_trc-{TRACER}"
+
+    an = _simulate_anatomy(rng, src, preset, lo, hi, center, out_dir / sub / f"ses-{SESSION}" / "anat", ent)
+    k = _simulate_kinetics(rng, subj, src)
+    truth_tacs = _regional_truth(k, an, preset)
+    g = _pet_geometry(rng, preset, lo, hi, center, k.fs, motion, misalign)
+    data, decay = _pet_frames(rng, src, an.phi, k, g, preset, noise_scale)
+    _write_pet(rng, data, decay, g, k, subj, preset, pet_dir, pent)
+    del data
+    blood_delay_s = _write_blood(rng, k, pet_dir, pent)
+    kin_out = _write_truth(truth_dir / sub / f"ses-{SESSION}", ent, sub, k, truth_tacs, an, g, center,
+                           src["atlas"])
+
+    kin, poses = k.kin, g.poses
     disp = np.sqrt((poses[:, 3:] ** 2).sum(1))
     return {"participant_id": sub, "session": SESSION, "blood_delay_s": blood_delay_s,
-            "blood_dispersion_tau_s": p_in["dispersion_tau_s"], "pet_to_t1_rot_deg": np.abs(c_rot).max(),
-            "pet_to_t1_trans_mm": float(np.sqrt((c_tr ** 2).sum())), "max_motion_trans_mm": float(disp.max()),
+            "blood_dispersion_tau_s": k.p_in["dispersion_tau_s"], "pet_to_t1_rot_deg": np.abs(g.rot_deg).max(),
+            "pet_to_t1_trans_mm": float(np.sqrt((g.trans_mm ** 2).sum())), "max_motion_trans_mm": float(disp.max()),
             "max_motion_rot_deg": float(np.abs(poses[:, :3]).max()), "vnd": float(kin.loc[0, "K1"] / kin.loc[0, "k2"]),
             "_kinetics": kin_out}
 

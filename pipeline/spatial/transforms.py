@@ -10,6 +10,11 @@ Conventions (used everywhere in gliaflow)
   ``_from-petref_to-T1w_mode-image_xfm.txt`` therefore holds the T1w -> PET-reference map.
 * ITK stores points in **LPS**; ``ras_to_lps`` / ``lps_to_ras`` convert a matrix between the two
   (``M_lps = F M_ras F`` with ``F = diag(-1, -1, 1, 1)``).
+* FSL (FLIRT, MCFLIRT) matrices are **push** transforms between *scaled-voxel* coordinates: voxel
+  indices times voxel sizes, with the x axis flipped (``x -> (nx - 1) vx - x``) when the image
+  affine has a positive determinant (neurological storage). ``fsl_to_ras`` / ``ras_to_fsl``
+  convert between such a matrix (input -> reference) and the pull RAS matrix above, given the
+  shapes and affines of both images (oblique and flipped headers included).
 * Rigid parameters ``(rot_x, rot_y, rot_z, trans_x, trans_y, trans_z)``: rotations in radians
   about the RAS x (left-right), y (posterior-anterior) and z (inferior-superior) axes, composed
   as ``R = Rz @ Ry @ Rx`` (x first), translations in mm of the matrix about the world origin.
@@ -40,6 +45,11 @@ __all__ = [
     "format_itk_text",
     "write_itk_text",
     "read_itk_text",
+    "fsl_scaled_voxel_matrix",
+    "fsl_to_ras",
+    "ras_to_fsl",
+    "read_fsl_matrix",
+    "write_fsl_matrix",
     "resample_world",
     "bounding_box",
     "crop_and_block",
@@ -251,6 +261,64 @@ def read_itk_text(path: str | Path) -> list[np.ndarray]:
     if not out:
         raise ImageError("no transform found", file=path)
     return out
+
+
+# --------------------------------------------------------------------------- FSL matrices
+
+def fsl_scaled_voxel_matrix(shape: Sequence[int], affine: np.ndarray) -> np.ndarray:
+    """4x4 map from voxel indices to FSL's scaled-voxel coordinates (mm) of an image.
+
+    ``diag(vx, vy, vz)``, with the x axis reversed (``x -> (nx - 1) vx - x``) when
+    ``det(affine[:3, :3]) > 0``: FSL works in radiological voxel order.
+    """
+    a = np.asarray(affine, dtype=float)
+    vox = np.linalg.norm(a[:3, :3], axis=0)
+    s = np.diag([vox[0], vox[1], vox[2], 1.0])
+    if np.linalg.det(a[:3, :3]) > 0:
+        s[0, 0] = -vox[0]
+        s[0, 3] = (int(shape[0]) - 1) * vox[0]
+    return s
+
+
+def fsl_to_ras(fsl_matrix: np.ndarray, in_shape: Sequence[int], in_affine: np.ndarray,
+               ref_shape: Sequence[int], ref_affine: np.ndarray) -> np.ndarray:
+    """Pull RAS matrix (reference world point -> input world point) from an FSL matrix that maps
+    the input image's scaled-voxel coordinates to the reference image's (FLIRT ``-omat``)."""
+    s_in = fsl_scaled_voxel_matrix(in_shape, in_affine)
+    s_ref = fsl_scaled_voxel_matrix(ref_shape, ref_affine)
+    return (np.asarray(in_affine, float) @ np.linalg.inv(s_in) @ np.linalg.inv(np.asarray(fsl_matrix, float))
+            @ s_ref @ np.linalg.inv(np.asarray(ref_affine, float)))
+
+
+def ras_to_fsl(matrix: np.ndarray, in_shape: Sequence[int], in_affine: np.ndarray,
+               ref_shape: Sequence[int], ref_affine: np.ndarray) -> np.ndarray:
+    """FSL matrix (input scaled-voxel -> reference scaled-voxel) from a pull RAS matrix
+    (reference world point -> input world point); the inverse of :func:`fsl_to_ras`."""
+    s_in = fsl_scaled_voxel_matrix(in_shape, in_affine)
+    s_ref = fsl_scaled_voxel_matrix(ref_shape, ref_affine)
+    pull_vox = (s_in @ np.linalg.inv(np.asarray(in_affine, float)) @ np.asarray(matrix, float)
+                @ np.asarray(ref_affine, float) @ np.linalg.inv(s_ref))
+    return np.linalg.inv(pull_vox)
+
+
+def read_fsl_matrix(path: str | Path) -> np.ndarray:
+    """A 4x4 FSL matrix from its text file (four rows of four numbers)."""
+    path = Path(path)
+    try:
+        m = np.loadtxt(path, dtype=float)
+    except (OSError, ValueError) as exc:
+        raise ImageError(f"cannot read FSL matrix: {exc}", file=path) from exc
+    if m.shape != (4, 4) or not np.all(np.isfinite(m)):
+        raise ImageError(f"an FSL matrix is 4x4 and finite, got shape {m.shape}", file=path)
+    return m
+
+
+def write_fsl_matrix(matrix: np.ndarray, path: str | Path) -> Path:
+    """Write a 4x4 FSL matrix as text (FLIRT's format), atomically."""
+    from gliaflow.pipeline.io.derivatives import atomic_write_text
+
+    rows = "\n".join("  ".join(f"{v:.10f}" for v in row) for row in np.asarray(matrix, float))
+    return atomic_write_text(path, rows + "\n")
 
 
 def resample_world(

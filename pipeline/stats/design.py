@@ -31,6 +31,9 @@ from gliaflow.pipeline.errors import StatsError
 __all__ = [
     "GENOTYPES",
     "ID_COLUMNS",
+    "MIN_PER_GROUP",
+    "group_values",
+    "normalise_genotype",
     "Design",
     "OLSResult",
     "subject_table",
@@ -44,6 +47,8 @@ __all__ = [
 ]
 
 GENOTYPES = ("HAB", "MAB", "LAB")
+#: fewest subjects the group model accepts in each of the two groups
+MIN_PER_GROUP = 3
 ID_COLUMNS = ("participant_id", "session_id", "region")
 # numeric columns of a regional table that are not outcome metrics (fit quality, sizes, times)
 NON_METRIC_COLUMNS = ("n_voxels", "volume_mm3", "frame_start", "frame_end", "label", "index")
@@ -206,13 +211,24 @@ class Design:
         return out
 
 
+def group_values(column: pd.Series) -> pd.Series:
+    """A group column as the model compares it with the labels: text, stripped, missing kept."""
+    return column.astype("string").str.strip()
+
+
+def normalise_genotype(column: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """rs6971 genotypes stripped and upper-cased (missing kept), and the mask of values that are
+    not HAB, MAB or LAB (missing values are not flagged)."""
+    vals = column.where(column.isna(), column.astype(str).str.strip().str.upper())
+    return vals, vals.notna() & ~vals.isin(GENOTYPES)
+
+
 def _genotype_clean(sub: pd.DataFrame, settings: StatsSettings, file) -> tuple[pd.DataFrame, int]:
     gcol = settings.genotype_column
     if gcol not in sub.columns:
         return sub, 0
     raw = sub[gcol]
-    vals = raw.where(raw.isna(), raw.astype(str).str.strip().str.upper())
-    bad = vals.notna() & ~vals.isin(GENOTYPES)
+    vals, bad = normalise_genotype(raw)
     if bad.any():
         raise StatsError(f"genotype values {sorted(set(raw[bad].astype(str)))} (participants "
                          f"{list(sub.index[bad][:5])}) are not HAB, MAB or LAB", file=file, field=gcol)
@@ -227,7 +243,7 @@ def _genotype_clean(sub: pd.DataFrame, settings: StatsSettings, file) -> tuple[p
 
 
 def build_design(subjects: pd.DataFrame, settings: StatsSettings, file: str | Path | None = None,
-                 min_per_group: int = 3) -> Design:
+                 min_per_group: int = MIN_PER_GROUP) -> Design:
     """Validate the subject table and build the design matrix.
 
     Parameters
@@ -253,14 +269,12 @@ def build_design(subjects: pd.DataFrame, settings: StatsSettings, file: str | Pa
     if gcol not in subjects.columns:
         raise StatsError("group column is missing (stats.group_column)", file=file, field=gcol)
     covs = list(dict.fromkeys(settings.covariates))
-    for c in covs:
-        if c == gcol:
-            raise StatsError("the group column cannot also be a covariate", file=file, field=c)
+    for c in covs:  # never the group column (StatsSettings rejects that)
         if c not in subjects.columns:
             raise StatsError("covariate named in stats.covariates is not a column of the table "
                              f"(columns: {sorted(map(str, subjects.columns))})", file=file, field=c)
     sub, n_lab = _genotype_clean(subjects, settings, file)
-    grp = sub[gcol].astype("string").str.strip()
+    grp = group_values(sub[gcol])
     keep = grp.isin([settings.patient_label, settings.control_label]).fillna(False).to_numpy(bool)
     n_other = int((~keep).sum())
     sub = sub[keep]

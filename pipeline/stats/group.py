@@ -19,6 +19,7 @@ per voxelwise metric in ``group/voxelwise/``:
 """
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,8 @@ from gliaflow.pipeline.provenance import (STEP_GROUP_CORRELATION, STEP_GROUP_REG
                                           library_call)
 from gliaflow.pipeline.stats.design import Design, build_design, contrast_vector, subject_table
 from gliaflow.pipeline.stats.regional import regional_correlations, regional_group_stats
-from gliaflow.pipeline.stats.voxelwise import cluster_table, load_maps, permutation_glm
+from gliaflow.pipeline.stats.voxelwise import (cluster_table, describe_screen, load_maps, permutation_glm,
+                                               screen_columns)
 
 __all__ = [
     "VoxelwiseResult",
@@ -45,6 +47,8 @@ __all__ = [
     "read_regional",
     "group_provenance",
 ]
+
+log = logging.getLogger(__name__)
 
 
 def read_regional(path: str | Path) -> pd.DataFrame:
@@ -61,6 +65,23 @@ class VoxelwiseResult(dict):
     ``clusters`` (DataFrame), ``design`` (Design), ``sidecar`` (dict), ``summary`` (dict)."""
 
 
+def _drop_exact_fits(Y: np.ndarray, vmask: np.ndarray, X: np.ndarray, mask_path
+                     ) -> tuple[np.ndarray, np.ndarray, int]:
+    """Leave out the voxels the design fits exactly (no residual variance: t is undefined).
+
+    Returns the remaining data (n, V'), the voxel mask without them, and how many were dropped.
+    """
+    exact = screen_columns(Y, X)["exact_fit"]
+    if not exact.any():
+        return Y, vmask, 0
+    if exact.all():
+        raise StatsError("every voxel of the mask is fitted exactly by the design (no residual "
+                         "variance); the maps cannot be tested", file=mask_path, field="mask")
+    out = vmask.copy()
+    out[vmask] = ~exact
+    return Y[:, ~exact], out, int(exact.sum())
+
+
 def voxelwise_group_stats(maps: list[tuple[str, Path]], mask: str | Path, subjects: pd.DataFrame,
                           settings: StatsSettings, metric: str = "suvr", atlas=None,
                           contrast: str | dict | None = None) -> VoxelwiseResult:
@@ -74,7 +95,11 @@ def voxelwise_group_stats(maps: list[tuple[str, Path]], mask: str | Path, subjec
         are skipped; several maps left for one participant is an error. Subjects excluded by the design (LAB, other groups) are ignored; design
         subjects without a map are left out (the count is in the summary).
     mask : path
-        Brain mask image (nonzero = brain) defining the grid.
+        Brain mask image (nonzero = brain) defining the grid. Voxels that cannot be tested are
+        left out of the analysis mask before the GLM: not finite in some subject's map (e.g.
+        outside its field of view), the same value in every subject, or fitted exactly by the
+        design; their counts are in the summary (``n_voxels_excluded``) and the sidecars
+        (``NVoxelsExcluded``), and logged.
     subjects : DataFrame
         Subject covariates, index participant_id (as from :func:`subject_table`).
     settings : StatsSettings
@@ -113,7 +138,11 @@ def voxelwise_group_stats(maps: list[tuple[str, Path]], mask: str | Path, subjec
     cname = design.contrast_name if contrast is None else camel_case(
         contrast if isinstance(contrast, str) else "_".join(contrast))
     paths = [by_pid[participant_label(s)] for s in design.subjects]
-    Y, vmask, affine, mask_img = load_maps(paths, mask, settings.smoothing_fwhm_mm)
+    Y, vmask, affine, mask_img, excluded = load_maps(paths, mask, settings.smoothing_fwhm_mm)
+    Y, vmask, excluded["exact_fit"] = _drop_exact_fits(Y, vmask, design.X, mask)
+    if any(excluded.values()):
+        log.info("voxelwise %s: %d brain-mask voxels left out of the analysis (%s); %d analysed",
+                 metric, sum(excluded.values()), describe_screen(excluded), int(vmask.sum()))
     res = permutation_glm(Y, design.X, c, n_permutations=settings.n_permutations, seed=settings.seed,
                           tail=settings.tail, mask=vmask, tfce_on=settings.tfce,
                           tfce_steps=settings.tfce_steps, connectivity=settings.connectivity,
@@ -165,11 +194,13 @@ def voxelwise_group_stats(maps: list[tuple[str, Path]], mask: str | Path, subjec
         "Connectivity": settings.connectivity,
         "SmoothingFWHMmm": settings.smoothing_fwhm_mm,
         "NVoxels": int(vmask.sum()),
+        "NVoxelsExcluded": dict(excluded),
         "Metric": metric,
         "Sources": [str(p) for p in paths] + [str(mask)],
     }
     summary = {"metric": metric, "n": design.n, "n_by_group": design.n_by_group(),
                "n_missing_map": int(n_missing_map), "n_voxels": int(vmask.sum()),
+               "n_voxels_excluded": dict(excluded),
                "n_permutations": settings.n_permutations,
                "n_voxels_fwer_05": int((res.p_fwer < 0.05).sum()),
                "n_voxels_tfce_fwer_05": (int((res.p_fwer_tfce < 0.05).sum())
@@ -265,7 +296,9 @@ def group_provenance(regional: pd.DataFrame, correlation: pd.DataFrame | None,
 
     Counts: gliaflow functions, linear solves and smoothing filters per call; for the t and
     noncentral t distributions the tests that used them, for scipy.ndimage.label (cluster
-    labelling inside the permutation loop) the voxelwise analyses that used it.
+    labelling inside the permutation loop) the voxelwise analyses that used it. The screen of
+    untestable regions and voxels (:func:`~gliaflow.pipeline.stats.voxelwise.screen_columns`)
+    is counted once per metric (regional) and per voxelwise analysis.
     """
     calls: list[ToolCall] = []
     n_fit = int(regional["t"].notna().sum()) if len(regional) else 0
@@ -278,7 +311,8 @@ def group_provenance(regional: pd.DataFrame, correlation: pd.DataFrame | None,
                                count=2 * n_fit)]
     n_metrics = int(regional["metric"].nunique()) if len(regional) else 0
     if n_metrics:
-        calls.append(gliaflow_call(STEP_GROUP_REGIONAL, _S + "design.fdr_bh", count=n_metrics))
+        calls += [gliaflow_call(STEP_GROUP_REGIONAL, _S + "voxelwise.screen_columns", count=n_metrics),
+                  gliaflow_call(STEP_GROUP_REGIONAL, _S + "design.fdr_bh", count=n_metrics)]
         n_perm = int(regional.groupby("metric")["p_fwer_perm"].apply(lambda v: v.notna().any()).sum())
         if n_perm:
             calls.append(gliaflow_call(STEP_GROUP_REGIONAL, _S + "voxelwise.permutation_glm"
@@ -293,6 +327,7 @@ def group_provenance(regional: pd.DataFrame, correlation: pd.DataFrame | None,
     if voxelwise:
         n = len(voxelwise)
         calls += [gliaflow_call(STEP_GROUP_VOXELWISE, _S + "group.voxelwise_group_stats", count=n),
+                  gliaflow_call(STEP_GROUP_VOXELWISE, _S + "voxelwise.screen_columns", count=n),
                   gliaflow_call(STEP_GROUP_VOXELWISE, _S + "voxelwise.permutation_glm"
                                 f"(n_permutations={settings.n_permutations}, tfce={settings.tfce})",
                                 count=n),
@@ -334,8 +369,10 @@ def run_group_stats(regional_tsv: str | Path, out_dir: str | Path, settings: Sta
     -------
     dict with ``paths`` (name -> Path), ``summary`` (small JSON-able dict; ``warnings`` lists
     steps skipped, e.g. a clinical score absent from the table: the correlation table is then
-    not written, the group comparison still is) and ``provenance`` (ToolCall records of what
-    ran, :func:`group_provenance`).
+    not written, the group comparison still is; ``regions_not_tested`` maps metric -> region ->
+    reason, e.g. ``constant`` for a reference region's SUVR; each voxelwise metric's
+    ``n_voxels_excluded`` counts the voxels left out by reason) and ``provenance`` (ToolCall
+    records of what ran, :func:`group_provenance`).
 
     Raises
     ------
@@ -376,6 +413,7 @@ def run_group_stats(regional_tsv: str | Path, out_dir: str | Path, settings: Sta
         "n_excluded_lab": design.n_excluded_lab, "n_excluded_group": design.n_excluded_group,
         "metrics": sorted(reg["metric"].unique().tolist()),
         "n_regions": int(reg["region"].nunique()),
+        "regions_not_tested": reg.attrs.get("untestable", {}),
         "significant_fdr": {m: sorted(s["region"].tolist()) for m, s in sig.groupby("metric")},
         "voxelwise": {m: v["summary"] for m, v in vox.items()},
         "seconds": round(time.perf_counter() - t0, 2),

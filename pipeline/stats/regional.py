@@ -12,6 +12,7 @@ Clinical correlations: partial Pearson correlation of the metric with a clinical
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ from scipy.special import gammaln
 from gliaflow.pipeline.config import StatsSettings
 from gliaflow.pipeline.errors import StatsError
 from gliaflow.pipeline.stats.design import Design, build_design, fdr_bh, fit_ols, holm, metric_columns, subject_table
-from gliaflow.pipeline.stats.voxelwise import permutation_glm
+from gliaflow.pipeline.stats.voxelwise import SCREEN_REASONS, permutation_glm, screen_columns
 
 __all__ = [
     "hedges_correction",
@@ -41,6 +42,8 @@ REGIONAL_COLUMNS = [
     "ci_low", "ci_high", "percent_difference", "t", "p", "hedges_g", "g_ci_low", "g_ci_high",
     "p_fdr", "p_holm", "p_fwer_perm", "significant", "covariates",
 ]
+log = logging.getLogger(__name__)
+
 CORRELATION_COLUMNS = [
     "metric", "region", "score", "group", "n", "controls", "r", "ci_low", "ci_high", "t", "df", "p",
     "p_fdr",
@@ -155,7 +158,10 @@ def regional_group_stats(regional: pd.DataFrame, settings: StatsSettings,
         minus control in the metric's units; ``percent_difference`` is 100 x estimate / the
         covariate-adjusted control mean (the model's prediction for every subject as a control,
         averaged over the sample, i.e. at the sample's genotype mix and covariates).
-        ``significant`` is ``p_fdr < settings.fdr_alpha``.
+        ``significant`` is ``p_fdr < settings.fdr_alpha``. Regions that cannot be tested
+        (the same value in every subject, as a reference region's SUVR, or fitted exactly by the
+        design) keep their subject counts but no statistics; ``table.attrs["untestable"]`` is
+        ``{metric: {region: reason}}`` (reasons as in ``stats.voxelwise.SCREEN_REASONS``).
     design : Design
         The full design (subjects with any data).
     """
@@ -163,6 +169,7 @@ def regional_group_stats(regional: pd.DataFrame, settings: StatsSettings,
     design = build_design(subjects, settings, file)
     metrics = metric_columns(long, subjects, settings, file)
     rows = []
+    untestable: dict[str, dict[str, str]] = {}  # metric -> region -> reason
     cov_txt = "+".join([settings.group_column] + design.covariates)
     for metric in metrics:
         W = _wide(long, metric, design.subjects)
@@ -181,6 +188,10 @@ def regional_group_stats(regional: pd.DataFrame, settings: StatsSettings,
             row.update(n=int(ok.sum()), n_patient=npat, n_control=ncon)
             usable = (npat >= 3 and ncon >= 3 and np.linalg.matrix_rank(Xr) == Xr.shape[1]
                       and Xr.shape[0] - Xr.shape[1] >= 2)
+            why = _untestable_reason(y[ok], Xr) if usable else None
+            if why:
+                untestable.setdefault(metric, {})[region] = why
+                usable = False
             if usable:
                 r = fit_ols(Xr, y[ok], design.contrast, settings.tail)
                 tq = sps.t.isf(0.025, r.df)
@@ -203,16 +214,32 @@ def regional_group_stats(regional: pd.DataFrame, settings: StatsSettings,
         mdf["p_holm"] = holm(mdf["p"].to_numpy(float))
         mdf["p_fwer_perm"] = np.nan
         Yc = W.to_numpy(float)
-        complete = np.isfinite(Yc).all(axis=0)
-        if settings.n_permutations > 0 and complete.any():
-            res = permutation_glm(Yc[:, complete], design.X, design.contrast,
+        # regions complete in every subject and testable (see screen_columns)
+        testable = ~np.logical_or.reduce(list(screen_columns(Yc, design.X).values()))
+        if settings.n_permutations > 0 and testable.any():
+            res = permutation_glm(Yc[:, testable], design.X, design.contrast,
                                   n_permutations=settings.n_permutations, seed=settings.seed,
                                   tail=settings.tail, dtype=np.float64)
-            mdf.loc[np.flatnonzero(complete), "p_fwer_perm"] = res.p_fwer
+            mdf.loc[np.flatnonzero(testable), "p_fwer_perm"] = res.p_fwer
         mdf["significant"] = mdf["p_fdr"] < settings.fdr_alpha
         rows.append(mdf)
     table = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
-    return table.reindex(columns=REGIONAL_COLUMNS), design
+    table = table.reindex(columns=REGIONAL_COLUMNS)
+    for metric, regs in untestable.items():
+        log.info("regional %s: %d region(s) not tested: %s", metric, len(regs),
+                 "; ".join(f"{r} ({SCREEN_REASONS[k]})" for r, k in regs.items()))
+    table.attrs["untestable"] = untestable
+    return table, design
+
+
+def _untestable_reason(y: np.ndarray, X: np.ndarray) -> str | None:
+    """Why one region's values ``y`` (subjects with data) cannot be tested with the design rows
+    ``X``: a key of :data:`SCREEN_REASONS` (e.g. ``constant``: a reference region's SUVR is 1 in
+    every subject), or None."""
+    for reason, flagged in screen_columns(y[:, None], X).items():
+        if flagged[0]:
+            return reason
+    return None
 
 
 def regional_correlations(regional: pd.DataFrame, settings: StatsSettings,

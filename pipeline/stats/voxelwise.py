@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+import logging
+
 import numpy as np
 import pandas as pd
 from scipy import ndimage
@@ -43,6 +45,9 @@ __all__ = [
     "tfce",
     "fwhm_to_sigma_vox",
     "smooth_masked",
+    "constant_columns",
+    "screen_columns",
+    "describe_screen",
     "load_maps",
     "PermutationResult",
     "permutation_glm",
@@ -51,7 +56,19 @@ __all__ = [
     "atlas_lookup",
 ]
 
+log = logging.getLogger(__name__)
+
 _FWHM_TO_SIGMA = 1.0 / (2.0 * np.sqrt(2.0 * np.log(2.0)))
+#: a column is constant when its SD is at most this fraction of max(1, its largest |value|)
+CONSTANT_RTOL = 1e-12
+#: the design fits a column exactly when its residual norm is at most this fraction of its spread
+EXACT_FIT_RTOL = 1e-10
+#: what each reason of :func:`screen_columns` means, for messages and summaries
+SCREEN_REASONS = {
+    "nonfinite": "not finite in every subject",
+    "constant": "the same value in every subject",
+    "exact_fit": "fitted exactly by the design (no residual variance)",
+}
 
 
 def structure(connectivity: int = 26) -> np.ndarray:
@@ -169,6 +186,64 @@ def smooth_masked(vol: np.ndarray, mask: np.ndarray, sigma_vox: np.ndarray) -> n
     return out
 
 
+def constant_columns(Y: np.ndarray) -> np.ndarray:
+    """Columns of ``Y`` (subjects x voxels or regions) with the same value in every subject.
+
+    A column is constant when its standard deviation is at most ``CONSTANT_RTOL`` x max(1, its
+    largest absolute value), in the data's own units (rounding noise of an exact ratio such as a
+    reference region's SUVR counts as constant). Columns must be finite (see
+    :func:`screen_columns`).
+
+    Returns
+    -------
+    ndarray bool (V,)
+    """
+    Y = np.asarray(Y, float)
+    return ~(Y.std(axis=0) > CONSTANT_RTOL * np.maximum(1.0, np.abs(Y).max(axis=0)))
+
+
+def screen_columns(Y: np.ndarray, X: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Columns of ``Y`` a GLM cannot test, by reason (see :data:`SCREEN_REASONS`).
+
+    Parameters
+    ----------
+    Y : ndarray (n, V)
+        Data, subjects x voxels (or regions), any units.
+    X : ndarray (n, p), optional
+        Design matrix; when given, columns the design fits exactly are flagged too (their
+        residual norm is at most ``EXACT_FIT_RTOL`` x their norm about the mean): the t statistic
+        is 0/0 there, and a permutation test of rounding noise would enter the max-T null.
+
+    Returns
+    -------
+    dict reason -> ndarray bool (V,)
+        ``nonfinite``, ``constant`` and (with ``X``) ``exact_fit``; disjoint (a column is
+        counted under its first reason only).
+    """
+    Y = np.asarray(Y, float)
+    nonfinite = ~np.isfinite(Y).all(axis=0)
+    constant = np.zeros_like(nonfinite)
+    constant[~nonfinite] = constant_columns(Y[:, ~nonfinite])
+    out = {"nonfinite": nonfinite, "constant": constant}
+    if X is not None:
+        exact = np.zeros_like(nonfinite)
+        rest = ~(nonfinite | constant)
+        if rest.any():
+            Q, _ = np.linalg.qr(np.asarray(X, float))
+            Yr = Y[:, rest]
+            rss = ((Yr - Q @ (Q.T @ Yr)) ** 2).sum(axis=0)
+            tss = ((Yr - Yr.mean(axis=0)) ** 2).sum(axis=0)
+            exact[rest] = rss <= EXACT_FIT_RTOL ** 2 * tss
+        out["exact_fit"] = exact
+    return out
+
+
+def describe_screen(counts: dict[str, int], what: str = "voxels") -> str:
+    """One phrase for the non-zero counts of :func:`screen_columns`, e.g. ``'12 voxels the same
+    value in every subject'``; '' when every count is 0."""
+    return "; ".join(f"{n} {what} {SCREEN_REASONS.get(k, k)}" for k, n in counts.items() if n)
+
+
 def _load3d(path) -> tuple[np.ndarray, np.ndarray, Any]:
     import nibabel as nib
 
@@ -185,7 +260,7 @@ def _load3d(path) -> tuple[np.ndarray, np.ndarray, Any]:
 
 
 def load_maps(paths: Sequence[str | Path], mask_path: str | Path, fwhm_mm: float = 0.0
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, Any]:
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, Any, dict[str, int]]:
     """Read subject maps into a (subjects x voxels) matrix over the usable mask.
 
     Parameters
@@ -201,11 +276,14 @@ def load_maps(paths: Sequence[str | Path], mask_path: str | Path, fwhm_mm: float
     -------
     Y : ndarray (n, V) float64
         Map values at the usable voxels: inside the mask, finite in every subject, and not
-        constant across subjects.
+        constant across subjects (after smoothing).
     mask : ndarray bool (X, Y, Z)
         The usable voxels.
     affine : ndarray (4, 4)
     mask_img : nibabel image
+    excluded : dict
+        Brain-mask voxels left out: ``nonfinite`` (NaN or infinite in some subject's map, e.g.
+        outside its field of view) and ``constant`` (the same value in every subject).
     """
     mdata, maff, mimg = _load3d(mask_path)
     brain = mdata > 0
@@ -224,14 +302,16 @@ def load_maps(paths: Sequence[str | Path], mask_path: str | Path, fwhm_mm: float
         if sigma is not None:
             d = smooth_masked(np.nan_to_num(d), brain & ok, sigma)
         Y[i] = d[brain]
-    var_ok = Y.std(axis=0) > 1e-12 * np.maximum(1.0, np.abs(Y).max(axis=0))
-    keep = fin & var_ok
+    const = np.zeros_like(fin)
+    const[fin] = constant_columns(Y[:, fin])
+    keep = fin & ~const
     mask = np.zeros_like(brain)
     mask[brain] = keep
     if not keep.any():
         raise ImageError("no voxel of the mask has finite, varying values across subjects",
                          file=mask_path)
-    return Y[:, keep], mask, maff, mimg
+    excluded = {"nonfinite": int((~fin).sum()), "constant": int(const.sum())}
+    return Y[:, keep], mask, maff, mimg, excluded
 
 
 @dataclass
@@ -302,7 +382,8 @@ def permutation_glm(Y: np.ndarray, X: np.ndarray, contrast: np.ndarray, n_permut
     Parameters
     ----------
     Y : ndarray (n, V)
-        Data, subjects x voxels (or regions), any units.
+        Data, subjects x voxels (or regions), any units; every column finite, not constant and
+        not fitted exactly by ``X`` (leave such columns out with :func:`screen_columns`).
     X : ndarray (n, p)
         Full-rank design matrix (intercept included).
     contrast : ndarray (p,)
@@ -326,6 +407,12 @@ def permutation_glm(Y: np.ndarray, X: np.ndarray, contrast: np.ndarray, n_permut
     chunk : (lo, hi), optional
         Compute only relabellings lo..hi-1 of the seed's list (0 = unpermuted); merge the chunks
         with :func:`combine_chunks`. The p values of a single chunk use only its own null.
+
+    Raises
+    ------
+    StatsError
+        A design that does not match the data or is rank deficient; columns that cannot be
+        tested (see :func:`screen_columns`).
     """
     Y = np.asarray(Y, float)
     X = np.asarray(X, float)
@@ -336,6 +423,11 @@ def permutation_glm(Y: np.ndarray, X: np.ndarray, contrast: np.ndarray, n_permut
         raise StatsError(f"design has {X.shape[0]} rows for {n} subjects", field="design")
     if np.linalg.matrix_rank(X) < p:
         raise StatsError("design matrix is rank deficient", field="design")
+    untestable = {k: int(v.sum()) for k, v in screen_columns(Y, X).items()}
+    if any(untestable.values()):
+        raise StatsError(f"{sum(untestable.values())} of {V} columns cannot be tested ("
+                         f"{describe_screen(untestable, 'columns')}); leave them out first "
+                         "(screen_columns)", field="data")
     if (tfce_on or cluster_forming_z) and mask is None:
         raise StatsError("TFCE and cluster mass need the voxel mask", field="mask")
     XtX_inv = np.linalg.inv(X.T @ X)
@@ -350,10 +442,10 @@ def permutation_glm(Y: np.ndarray, X: np.ndarray, contrast: np.ndarray, n_permut
     # g0 = q1' P R and sse = ||R||^2 - ||Q' P R||^2 (rotation leaves ||Q' P R|| unchanged)
     u = Q.T @ a
     u /= np.linalg.norm(u)
-    O, _ = np.linalg.qr(np.column_stack([u, np.eye(p)]))
-    if O[:, 0] @ u < 0:
-        O[:, 0] *= -1
-    Q = Q @ O
+    rot, _ = np.linalg.qr(np.column_stack([u, np.eye(p)]))
+    if rot[:, 0] @ u < 0:
+        rot[:, 0] *= -1
+    Q = Q @ rot
     ssR = (R ** 2).sum(axis=0)
     ftype = np.dtype(dtype).type
     Rd = np.ascontiguousarray(R, dtype=ftype)
@@ -470,8 +562,11 @@ def combine_chunks(parts: Sequence[PermutationResult]) -> PermutationResult:
         raise StatsError("chunks come from different runs (seed, permutations, tail or size)",
                          field="chunk")
     first = parts[0]
-    cat = (lambda name: None if getattr(first, name) is None
-           else np.concatenate([getattr(r, name) for r in parts]))
+
+    def cat(name: str) -> np.ndarray | None:
+        """Attribute ``name`` of the chunks joined in chunk order (None when the runs lack it)."""
+        return None if getattr(first, name) is None else np.concatenate([getattr(r, name) for r in parts])
+
     out = PermutationResult(**{**first.__dict__})
     out.info = {**first.info, "chunk": [0, total], "n_chunks": len(parts)}
     out.max_null = cat("max_null")

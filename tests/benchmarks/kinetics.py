@@ -27,7 +27,7 @@ def main(argv=None) -> int:
     import numpy as np
     import pandas as pd
 
-    from gliaflow.pipeline.blood.input import PlasmaInput
+    from gliaflow.pipeline.blood.tables import PlasmaInput
     from gliaflow.pipeline.config import KineticsSettings
     from gliaflow.pipeline.kinetics.base import Frames, frame_weights
     from gliaflow.pipeline.kinetics.forward import feng_input, tcm_tac
@@ -96,10 +96,10 @@ def main(argv=None) -> int:
         runs = [_timed2(lambda: parametric_maps(data, frames, ks, maps=[m], **kw)) for _ in range(2)]
         out(f"voxelwise_{m}_voxels_per_s", V / min(r[0] for r in runs), "voxels/s")
         out(f"voxelwise_{m}_voxels_per_cpu_s", V / min(r[1] for r in runs), "voxels/cpu-s")
-    parametric_maps(data[:20000], frames, ks, maps=["logan"], use_dask=True, **kw)  # warm up dask
-    best = min(_timed(lambda: parametric_maps(data, frames, ks, maps=["logan"], use_dask=True, **kw))
+    parametric_maps(data[:20000], frames, ks, maps=["logan"], threads=a.threads, **kw)  # warm up
+    best = min(_timed(lambda: parametric_maps(data, frames, ks, maps=["logan"], threads=a.threads, **kw))
                for _ in range(2))
-    out("voxelwise_logan_dask_threads_voxels_per_s", V / best, "voxels/s")
+    out("voxelwise_logan_threadpool_voxels_per_s", V / best, "voxels/s")
     allm = _timed(lambda: parametric_maps(data, frames, ks, maps=["suv", "suvr", "logan", "ma1", "basis1tcm"], **kw))
     out("voxelwise_all5_maps_s", allm, "s")
 

@@ -13,14 +13,11 @@ from pathlib import Path
 import pandas as pd
 import psutil
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-sys.path.insert(0, str(HERE))
-import bidsfactory as bf  # noqa: E402
-import test_orchestration_stages as ts  # noqa: E402
+import bidsfactory as bf
+import test_orchestration_stages as ts
 
-from gliaflow.workflows.services.cluster import MEMORY_RESOURCE, WORKER_PRELOAD  # noqa: E402
-from gliaflow.workflows.ledger import read_ledger  # noqa: E402
+from gliaflow.workflows.services.cluster import MEMORY_RESOURCE, WORKER_PRELOAD
+from gliaflow.workflows.ledger import read_ledger
 
 
 def _start(cmd, env, log):

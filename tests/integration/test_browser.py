@@ -24,6 +24,7 @@ import pytest
 
 CHROMIUM = Path("/usr/bin/chromium")
 
+# these skips fail instead when GLIAFLOW_REQUIRE_SERVICES=1 (tests/run.sh as root; tests/service_policy.py)
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium not installed (/usr/bin/chromium); "

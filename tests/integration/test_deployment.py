@@ -15,15 +15,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parents[1]
-sys.path.insert(0, str(HERE.parent))
-sys.path.insert(0, str(HERE))
-import bidsfactory as bf  # noqa: E402
-import test_orchestration_stages as ts  # noqa: E402
+import bidsfactory as bf
+import test_orchestration_stages as ts
 
-from gliaflow.pipeline.io.bids import discover  # noqa: E402
-from gliaflow.workflows.ledger import read_ledger  # noqa: E402
+from gliaflow.pipeline.io.bids import discover
+from gliaflow.workflows.ledger import read_ledger
+
+REPO = Path(__file__).resolve().parents[2]
 
 PREFECT = shutil.which("prefect", path=str(Path(sys.executable).parent)) or shutil.which("prefect")
 pytestmark = pytest.mark.skipif(PREFECT is None, reason="the `prefect` command line is not installed")
@@ -117,7 +115,8 @@ def test_deployment_created_triggered_and_run_by_a_process_worker(tmp_path, api)
 
     with temporary_settings(updates={PREFECT_API_URL: api}), get_client(sync_client=True) as c:
         dep = c.read_deployment_by_name(DEPLOYMENT)
-        assert dep.work_pool_name == POOL and dep.entrypoint == "workflows/deployment.py:gliaflow_cohort"
+        assert dep.work_pool_name == POOL
+        assert dep.entrypoint == "workflows/services/deployment.py:gliaflow_cohort"
         # the pull step names the checkout `prefect deploy` ran in
         assert dep.pull_steps == [{"prefect.deployments.steps.set_working_directory":
                                    {"directory": str(REPO)}}]

@@ -7,8 +7,9 @@ so tests can count executions. Knobs (environment, read on the worker):
 GLIAFLOW_TOY_CPU_S     seconds of pure-Python CPU work per stage (benchmark)
 GLIAFLOW_TOY_SLEEP     "sub-02:labels_tacs:5" sleep 5 s in that session's stage (kill tests)
 GLIAFLOW_TOY_BIG_MB    the report stage writes a file of this many MB (disk-full test)
+GLIAFLOW_TOY_WARN      "pet_motion": that stage makes numpy warn and nipype log (run-log test)
 The same knobs can be given per dataset in BIDS_DIR/toy_knobs.json ({"sleep": ..., "big_mb": ...,
-"cpu_s": ...}), which worker processes started earlier also see.
+"cpu_s": ..., "warn": ...}), which worker processes started earlier also see.
 """
 from __future__ import annotations
 
@@ -33,7 +34,8 @@ def knobs(spec) -> dict:
     """Behaviour knobs: BIDS_DIR/toy_knobs.json overrides the GLIAFLOW_TOY_* environment."""
     k = {"cpu_s": os.environ.get("GLIAFLOW_TOY_CPU_S", "0"),
          "sleep": os.environ.get("GLIAFLOW_TOY_SLEEP", ""),
-         "big_mb": os.environ.get("GLIAFLOW_TOY_BIG_MB", "0")}
+         "big_mb": os.environ.get("GLIAFLOW_TOY_BIG_MB", "0"),
+         "warn": os.environ.get("GLIAFLOW_TOY_WARN", "")}
     f = Path(spec.bids_dir) / "toy_knobs.json"
     if f.is_file():
         k.update(json.loads(f.read_text()))
@@ -53,11 +55,35 @@ def _log(ctx, stage: str) -> None:
         while time.process_time() < t_end:
             for i in range(10000):
                 x += i * i
+    if kn["warn"] == stage:
+        _library_noise(f"{ctx.spec.session_id}:{stage}")
     spec = kn["sleep"]
     if spec:
         sub, st, secs = spec.split(":")
         if ctx.spec.session_id.startswith(sub) and st == stage:
             time.sleep(float(secs))
+
+
+def _library_noise(tag: str) -> None:
+    """What libraries print during a stage: a numpy RuntimeWarning and a nipype INFO line."""
+    import logging
+
+    with np.errstate(divide="warn"):
+        np.log(np.zeros(1))
+    nipype = logging.getLogger("nipype.interface")
+    nipype.setLevel(logging.INFO)
+    nipype.info("%s: toy interface output", tag)
+
+
+def group_step_with_warning(table, config, out_dir):
+    """The toy group step, after a library warning and an INFO record of gliaflow's (as the
+    statistics of a real group step)."""
+    import logging
+
+    with np.errstate(invalid="warn"):
+        np.array([0.0]) / np.array([0.0])
+    logging.getLogger("gliaflow.pipeline.stats.group").info("toy: 3 voxels left out")
+    return group_step(table, config, out_dir)
 
 
 def _load(path: Path) -> np.ndarray:

@@ -21,7 +21,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gliaflow.pipeline.blood.input import PlasmaInput, plasma_input_from_files
+from gliaflow.pipeline.blood.input import plasma_input_from_files
+from gliaflow.pipeline.blood.tables import PlasmaInput
 from gliaflow.pipeline.config import BloodSettings, KineticsSettings
 from gliaflow.pipeline.kinetics.base import Frames
 from gliaflow.pipeline.kinetics.compartment import fit_tcm
@@ -204,7 +205,7 @@ def test_cli_on_real_measurement(tmp_path):
     params = tmp_path / "params.tsv"
     args = ["kinetics", "--tacs", str(tsv), "--model", "2tcm", "--model", "logan", "--model", "suvr",
             "--reference-region", "WB", "--fit-vb", "--fit-end", "63.6", "--weights", "column",
-            "--dispersion-tau", "2.6", "--out", str(params)]
+            "--dispersion-tau", "2.6", "--delay-region", "WB", "--out", str(params)]
     for b in blood:
         args += ["--blood", str(b)]
     assert main(args) == 0

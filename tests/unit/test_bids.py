@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import pickle
 import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -12,10 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import bidsfactory as bf  # noqa: E402
+import bidsfactory as bf
 
-from gliaflow.pipeline.io.bids import (  # noqa: E402
+from gliaflow.pipeline.io.bids import (
     BloodRecording,
     SessionSpec,
     discover,
@@ -23,8 +21,8 @@ from gliaflow.pipeline.io.bids import (  # noqa: E402
     parse_bids_name,
     read_participants,
 )
-from gliaflow.pipeline.errors import BIDSError, ConfigError  # noqa: E402
-from gliaflow.workflows.cli.main import main as cli_main  # noqa: E402
+from gliaflow.pipeline.errors import BIDSError, ConfigError
+from gliaflow.workflows.cli.main import main as cli_main
 
 PET02 = "sub-02/pet/sub-02_trc-PBR28_pet"
 

@@ -1,4 +1,4 @@
-"""Arterial input processing (gliaflow.pipeline.blood.input) on synthetic blood data with known truth."""
+"""Arterial input processing (gliaflow.pipeline.blood) on synthetic blood data with known truth."""
 from __future__ import annotations
 
 import json
@@ -10,9 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gliaflow.pipeline.blood.input import (PlasmaInput, apply_delay, clean_blood_table, dispersion_correct,
-                                     estimate_delay, fit_parent_fraction, parent_fraction_curve,
-                                     plasma_input_from_files, plasma_input_from_tables)
+from gliaflow.pipeline.blood.delay import apply_delay, estimate_delay
+from gliaflow.pipeline.blood.input import dispersion_correct, plasma_input_from_files, plasma_input_from_tables
+from gliaflow.pipeline.blood.parent_fraction import fit_parent_fraction, parent_fraction_curve
+from gliaflow.pipeline.blood.tables import PlasmaInput, clean_blood_table
 from gliaflow.pipeline.config import BloodSettings
 from gliaflow.pipeline.errors import BloodDataError
 from gliaflow.pipeline.kinetics.forward import feng_input, tcm_tac

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gliaflow.pipeline.blood.input import PlasmaInput
+from gliaflow.pipeline.blood.tables import PlasmaInput
 from gliaflow.pipeline.config import KineticsSettings
 from gliaflow.pipeline.errors import ModelError
 from gliaflow.pipeline.kinetics.base import FitResult, FrameAverager, Frames, frame_weights
@@ -246,11 +246,11 @@ def test_voxelwise_maps_match_regional_and_loop():
     one = np.stack([phantom(0.1, k2, vb=VB) for k2 in (0.05, 0.1, 0.2)])
     b1 = parametric_maps(one, FRAMES, s, maps=["basis1tcm"], plasma=PLASMA, dtype=np.float64)["basis1tcm"]
     assert np.allclose(b1, [2.0, 1.0, 0.5], rtol=0.02)
-    # mask and dask paths
+    # mask and thread-pool paths (1500 voxels in 2 blocks)
     mask = np.zeros((10, 10, 30), bool)
     mask[:5] = True
-    mk = parametric_maps(Y.reshape(10, 10, 30, FRAMES.n), FRAMES, s, maps=["ma1"], plasma=PLASMA,
-                         mask=mask, use_dask=True)["ma1"]
+    mk = parametric_maps(Y.reshape(10, 10, 30, FRAMES.n), FRAMES, s.model_copy(update={"chunk_voxels": 1000}),
+                         maps=["ma1"], plasma=PLASMA, mask=mask, threads=2)["ma1"]
     assert np.all(np.isnan(mk[5:])) and np.allclose(mk[:5], maps["ma1"][:5], rtol=1e-5, equal_nan=True)
 
 

@@ -54,7 +54,8 @@ def test_resources_simulate_validate_offline(no_network, tmp_path):
     resources.template_t1(2)
     resources.tissue_priors(2)
     out = tmp_path / "bids"
-    assert main(["simulate", str(out), "--subjects", "1", "--size", "tiny", "--quiet"]) == 0
+    # two subjects: a patient and a control, so the statistics settings fit participants.tsv
+    assert main(["simulate", str(out), "--subjects", "2", "--size", "tiny", "--quiet"]) == 0
     assert (out / "derivatives" / "phantom-truth" / "regional_truth.tsv").is_file()
     try:
         import gliaflow.workflows.cli.validate  # noqa: F401

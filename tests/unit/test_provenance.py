@@ -12,7 +12,7 @@ import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from gliaflow.pipeline.blood.input import apply_delay  # noqa: E402
+from gliaflow.pipeline.blood.delay import apply_delay  # noqa: E402
 from gliaflow.pipeline.config import BloodSettings, KineticsSettings, PipelineConfig, StatsSettings  # noqa: E402
 from gliaflow.pipeline.io.derivatives import write_tsv  # noqa: E402
 from gliaflow.pipeline.kinetics.regional import (MODEL_INTERFACES, fit_regional_results,  # noqa: E402
@@ -108,11 +108,15 @@ def test_tacs_and_pvc_record_their_calls(tmp_path):
 
 def test_group_step_records(tmp_path):
     df = cohort(0, n_lab=2, n_per_group=9)
+    df.loc[df["region"] == "ctx_00", "suvr"] = 1.0  # a reference region's SUVR: not testable
     regional = write_tsv(df, tmp_path / "group" / "regional.tsv")
     res = run_group_stats(regional, tmp_path, StatsSettings(n_permutations=0, voxelwise=False))
     calls = _by_interface(res["provenance"])
     reg = pd.read_csv(tmp_path / "group" / "stats_regional.tsv", sep="\t", na_values="n/a")
-    assert calls["gliaflow.pipeline.stats.design.fit_ols"].count == int(reg["t"].notna().sum()) > 0
+    assert res["summary"]["regions_not_tested"] == {"suvr": {"ctx_00": "constant"}}
+    assert calls["gliaflow.pipeline.stats.design.fit_ols"].count == int(reg["t"].notna().sum()) == 2 * 12 - 1
+    assert calls["gliaflow.pipeline.stats.voxelwise.screen_columns"].count == 2  # per metric
+    assert "could not be tested" in " ".join(methods_text(res["provenance"], {})[0])
     assert "gliaflow.pipeline.stats.regional.partial_correlation" in calls  # fatigue is a column
     assert not any("permutation_glm" in i for i in calls)  # n_permutations=0
     paras, cited = methods_text(res["provenance"], {"stats": {"n_permutations": 0}})
@@ -120,8 +124,8 @@ def test_group_step_records(tmp_path):
 
 
 def test_manifest_round_trip_keeps_provenance(tmp_path):
-    rec = sample_provenance()[:3] + _calls(("frame realignment", "FSL", "6.0.7.9",
-                                        "nipype.interfaces.fsl.MCFLIRT", "mcflirt -in a.nii.gz"))
+    rec = sample_provenance()[:3] + _calls(("frame realignment", "FSL", "6.0.7.9", "mcflirt",
+                                            "mcflirt -in a.nii.gz"))
     res = StageResult(stage="anat", outputs={}, provenance=rec)
     write_manifest(tmp_path, "sub-01", "k1", res.model_dump(mode="json"))
     back = StageResult(**load_manifest(tmp_path, "sub-01", "anat", "k1"))
@@ -131,7 +135,7 @@ def test_manifest_round_trip_keeps_provenance(tmp_path):
 
 def test_dataset_description_and_provenance_file_from_manifests(tmp_path):
     cmd = "mcflirt -in /w/sub-02/pet.nii.gz -reffile /w/sub-02/ref.nii.gz -mats"
-    fsl = _calls(("frame realignment", "FSL", "6.0.7.9", "nipype.interfaces.fsl.MCFLIRT", cmd),
+    fsl = _calls(("frame realignment", "FSL", "6.0.7.9", "mcflirt", cmd),
                  ("frame realignment", "Nipype", "1.8.6", "nipype.interfaces.fsl.MCFLIRT"))
     for sid, calls in (("sub-01", sample_provenance()), ("sub-02", fsl)):
         res = StageResult(stage="pet_motion", provenance=calls)
@@ -154,5 +158,6 @@ def test_dataset_description_and_provenance_file_from_manifests(tmp_path):
     # the cohort's methods from the union cite FSL and Nipype because sub-02 ran them
     union = [ToolCall(**c) for c in prov["calls"]]
     paras, cited = methods_text(union, cfg.model_dump(mode="json"))
-    assert {"gorgolewski2011", "jenkinson2012", "avants2011metric", "benjamini1995"} <= set(cited)
+    assert {"gorgolewski2011", "jenkinson2012", "jenkinson2002", "avants2011metric",
+            "benjamini1995"} <= set(cited)
     assert software_used(union)[0] == ("ANTs", "ANTsPy 0.6.3")

@@ -136,3 +136,31 @@ def test_nan_voxels_replaced_and_flagged(data, tmp_path):
     q = assess_coregistration(path, data["t1"], truth, SETTINGS, t1_mask=data["mask"])
     assert q["flags"] == ["nonfinite_values_replaced"]
     assert np.isfinite(q["similarity"])
+
+
+@pytest.mark.fsl
+def test_fsl_flirt_registration_accuracy_oblique_flipped_pet(data, tmp_path):
+    """The FSL engine (FLIRT, mutual information) on a PET stored with an oblique, x-flipped
+    affine: FSL's scaled-voxel matrices must be converted right for the error to be small."""
+    from engine_support import fsl_or_skip
+
+    from gliaflow.pipeline.spatial.transforms import rotation_matrix
+
+    engine = fsl_or_skip()
+    m = params_to_matrix([0.06, -0.04, 0.08, 6.0, -5.0, 4.0], center=CENTER)
+    shape = (70, 76, 60)
+    rot = np.eye(4)
+    rot[:3, :3] = rotation_matrix(0.15, 0.0, -0.1)
+    aff = rot @ np.diag([-3.0, 3.0, 3.0, 1.0])  # oblique and x-flipped (negative determinant)
+    centre_pet = m[:3, :3] @ np.array(CENTER) + m[:3, 3]
+    aff[:3, 3] = centre_pet - aff[:3, :3] @ (np.array(shape) / 2.0)
+    pet = resample_world(data["sim"], data["sim_affine"], shape, aff, np.linalg.inv(m))
+    pet += np.random.default_rng(3).normal(0, 0.03 * pet.max(), shape).astype(np.float32)
+    path = tmp_path / "pet_oblique.nii.gz"
+    nib.save(nib.Nifti1Image(pet, aff), str(path))
+    res = register_pet_to_t1(path, data["t1"], SETTINGS, t1_mask=data["mask"],
+                             out_xfm=tmp_path / "xfm.txt", work_dir=tmp_path, engine=engine)
+    err = displacement_error(np.array(res.matrix), m, data["coords"])
+    print(f"FSL FLIRT PET-to-T1 error (oblique, flipped PET): {err:.3f} mm")
+    assert err < 1.5
+    assert any(c.tool == "FSL" and c.command and "flirt" in c.command.split()[0] for c in engine.provenance())

@@ -165,3 +165,39 @@ def test_qc_outliers_without_qc_columns(status):
     z, reasons = qc_outliers(s)
     assert z.shape == (1, 0)
     assert reasons == {"a": [], "b": [f"{status}: why"]}
+
+
+def _fsl_records():
+    """Records as the FSL engine writes them: FSL with the binary and its command line, and the
+    Nipype interface that ran it."""
+    rows = [("frame realignment", "mcflirt", "MCFLIRT", "mcflirt -in frames.nii.gz -reffile ref.nii.gz -mats"),
+            ("PET-to-T1w registration", "flirt", "FLIRT", "flirt -in pet.nii.gz -ref t1.nii.gz -dof 6"),
+            ("brain extraction", "bet", "BET", "bet t1.nii.gz t1_brain.nii.gz -R -m"),
+            ("tissue segmentation", "fast", "FAST", "fast -t 1 -n 3 t1_brain.nii.gz"),
+            ("template normalization", "fnirt", "FNIRT", "fnirt --in=t1.nii.gz --ref=mni.nii.gz")]
+    calls = []
+    for step, binary, iface, cmd in rows:
+        calls += _calls((step, "FSL", "6.0.7.9", binary, cmd),
+                        (step, "Nipype", "1.8.6", f"nipype.interfaces.fsl.{iface}"))
+    return calls
+
+
+def test_methods_cite_fsl_tools_and_nipype_from_engine_records():
+    paras, cited = methods_text(_fsl_records(), PipelineConfig().model_dump(mode="json"))
+    text = " ".join(paras)
+    assert {"jenkinson2012", "jenkinson2002", "smith2002", "zhang2001", "andersson2007",
+            "gorgolewski2011"} <= set(cited)
+    for name in ("MCFLIRT", "FLIRT", "BET", "FAST", "FNIRT"):
+        assert f"{name} [" in text
+    # the Nipype record is said as the wrapper, not as a method of its own
+    assert "through Nipype 1.8.6" in text and "nipype.interfaces.fsl" not in text
+    # without FNIRT records, no FNIRT citation
+    _, cited = methods_text(_fsl_records()[:8], {})
+    assert "andersson2007" not in cited and "zhang2001" in cited
+
+
+def test_what_ran_table_shows_fsl_command_lines():
+    df = provenance_table(_fsl_records())
+    fsl = df[df["tool"] == "FSL"].set_index("interface")
+    assert fsl.loc["mcflirt", "command"].startswith("mcflirt -in frames.nii.gz")
+    assert (df[df["tool"] == "Nipype"]["command"] == "").all()

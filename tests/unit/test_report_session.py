@@ -216,3 +216,18 @@ def test_fit_curves_file_is_used_when_given(outputs, tmp_path):
     # RMS of measured - 0.5 measured over the frames, reported for the one region and model
     rms = float(np.sqrt(np.mean((0.5 * tacs[region]) ** 2)))
     assert f"{rms:.4g}" in fits
+
+
+def test_what_ran_shows_fsl_command_lines_and_methods_cite_fsl(tmp_path):
+    from gliaflow.pipeline.provenance import ToolCall
+
+    cmd = "mcflirt -in frames.nii.gz -reffile reference.nii.gz -cost normmi -dof 6 -mats"
+    calls = [ToolCall(step="frame realignment", tool="FSL", version="6.0.7.9", interface="mcflirt", command=cmd),
+             ToolCall(step="frame realignment", tool="Nipype", version="1.8.6",
+                      interface="nipype.interfaces.fsl.MCFLIRT")]
+    html = write_session_report(tmp_path / "r.html", session_id="s", sidecar={}, outputs={}, qc={},
+                                flags=[], config={"report": {"dpi": 40}}, errors=[],
+                                provenance=calls).read_text()
+    assert cmd in _section(html, "provenance")
+    methods = _section(html, "methods")
+    assert "MCFLIRT" in methods and "Jenkinson M, Bannister P" in methods and "Nipype: a flexible" in methods

@@ -110,6 +110,32 @@ def test_missing_metric_value_drops_subject_for_that_region_only():
     assert np.isfinite(r.loc[("suvr", "ctx_04"), "p_fwer_perm"])
 
 
+def test_constant_region_not_tested_and_kept_out_of_the_null():
+    """A reference region's SUVR is 1 in every subject: no statistics (instead of rounding
+    noise's t), no numpy warning, not in the max-T null of the other regions; reported."""
+    import warnings
+
+    df = cohort(6)
+    s = StatsSettings(covariates=["tspo_genotype"], n_permutations=199, seed=3)
+    base, _ = regional_group_stats(df, s)
+    ref = df[df["region"] == "ctx_00"].copy()
+    ref["region"] = "ref"
+    ref["suvr"] = 1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tab, _ = regional_group_stats(pd.concat([df, ref], ignore_index=True), s)
+    r = tab.set_index(["metric", "region"])
+    assert r.loc[("suvr", "ref"), "n"] == 16
+    assert r.loc[("suvr", "ref"), ["t", "p", "hedges_g", "p_fdr", "p_fwer_perm"]].isna().all()
+    assert np.isfinite(r.loc[("vt_2tcm", "ref"), "p_fwer_perm"])  # VT of that region varies
+    assert tab.attrs["untestable"] == {"suvr": {"ref": "constant"}}
+    # the other SUVR regions' results are those of the table without the constant region
+    b = base[base["metric"] == "suvr"].set_index(["metric", "region"])
+    for col in ("t", "p", "p_fdr", "p_fwer_perm"):
+        np.testing.assert_allclose(r.loc[b.index, col].to_numpy(float), b[col].to_numpy(float),
+                                   rtol=1e-12, err_msg=col)
+
+
 def test_hedges_g_equals_classic_formula_without_covariates():
     rng = np.random.default_rng(0)
     a, b = rng.normal(1, 1, 9), rng.normal(0, 1, 11)

@@ -279,11 +279,67 @@ def test_load_maps_drops_nonfinite_and_constant_voxels(tmp_path):
         v = np.asarray(nib.load(p).dataobj).copy()
         v[tuple(inside[1])] = 1.0
         nib.save(nib.Nifti1Image(v, AFF), p)
-    Y, mask, aff, _ = load_maps([p for _, p in maps], mpath, fwhm_mm=0)
+    Y, mask, aff, _, excluded = load_maps([p for _, p in maps], mpath, fwhm_mm=0)
     assert Y.shape == (6, brain().sum() - 2) and np.isfinite(Y).all()
     assert not mask[tuple(inside[0])] and not mask[tuple(inside[1])] and mask[tuple(inside[2])]
-    Ys, mask_s, _, _ = load_maps([p for _, p in maps], mpath, fwhm_mm=8.0)
+    assert excluded == {"nonfinite": 1, "constant": 1}
+    Ys, mask_s, _, _, excluded_s = load_maps([p for _, p in maps], mpath, fwhm_mm=8.0)
     assert np.isfinite(Ys).all() and not mask_s[tuple(inside[0])]
+    assert excluded_s["nonfinite"] == 1  # the smoothed constant voxel varies: kept
+
+
+def test_untestable_voxels_left_out_counted_and_silent(tmp_path, caplog):
+    """Voxels outside one subject's field of view (NaN), zero in every map, or fitted exactly by
+    the design are left out before the GLM, counted, logged, and raise no numpy warning."""
+    import logging
+    import warnings
+
+    maps, mpath, subj = phantom(tmp_path, n_per_group=4)
+    inside = np.argwhere(brain())
+    nan_vox, exact_vox = tuple(inside[0]), tuple(inside[1])
+    zero_slab = brain() & (np.indices(SHAPE)[2] == 3)  # a slice outside every map's field of view
+    for i, (pid, p) in enumerate(maps):
+        v = np.asarray(nib.load(p).dataobj).copy()
+        if i == 0:
+            v[nan_vox] = np.nan
+        v[zero_slab] = 0.0
+        v[exact_vox] = 1.2 if subj.loc[pid, "group"] == "patient" else 1.0
+        nib.save(nib.Nifti1Image(v, AFF), p)
+    s = StatsSettings(n_permutations=19, seed=1, smoothing_fwhm_mm=0, tfce=True, cluster_mass=True)
+    with warnings.catch_warnings(), caplog.at_level(logging.INFO, logger="gliaflow"):
+        warnings.simplefilter("error")
+        vr = voxelwise_group_stats(maps, mpath, subj, s, "suvr")
+    n_zero = int(zero_slab.sum())
+    expect = {"nonfinite": 1, "constant": n_zero, "exact_fit": 1}
+    assert vr["summary"]["n_voxels_excluded"] == expect
+    assert vr["sidecar"]["NVoxelsExcluded"] == expect
+    assert vr["summary"]["n_voxels"] == brain().sum() - n_zero - 2
+    analysed = np.asarray(vr["images"]["mask"].dataobj).astype(bool)
+    assert analysed.sum() == vr["summary"]["n_voxels"]
+    assert not analysed[nan_vox] and not analysed[exact_vox] and not analysed[zero_slab].any()
+    for stat in ("t", "z", "pfwe", "tfce"):
+        assert np.isfinite(np.asarray(vr["images"][stat].dataobj)).all(), stat
+    assert any(f"{n_zero + 2} brain-mask voxels left out" in r.getMessage() for r in caplog.records)
+
+
+def test_permutation_glm_refuses_untestable_columns():
+    from gliaflow.pipeline.errors import StatsError
+    from gliaflow.pipeline.stats.voxelwise import screen_columns
+
+    rng = np.random.default_rng(0)
+    n = 12
+    X = np.column_stack([np.ones(n), np.r_[np.ones(6), np.zeros(6)]])
+    Y = rng.standard_normal((n, 5))
+    Y[:, 1] = 1.0  # constant (a reference region's SUVR)
+    Y[:, 2] = 2.0 + 0.5 * X[:, 1]  # fitted exactly by the design
+    Y[3, 3] = np.inf
+    sc = screen_columns(Y, X)
+    assert [np.flatnonzero(sc[k]).tolist() for k in ("nonfinite", "constant", "exact_fit")] == [[3], [1], [2]]
+    with pytest.raises(StatsError, match="3 of 5 columns cannot be tested"):
+        permutation_glm(Y, X, np.array([0, 1.0]), n_permutations=9)
+    ok = ~np.logical_or.reduce(list(sc.values()))
+    r = permutation_glm(Y[:, ok], X, np.array([0, 1.0]), n_permutations=9)
+    assert np.isfinite(r.t).all() and np.isfinite(r.max_null).all()
 
 
 def test_several_sessions_need_a_session_choice(tmp_path):

@@ -25,6 +25,7 @@ from gliaflow.pipeline.spatial.transforms import (
     ras_to_lps,
     read_itk_text,
     resample_world,
+    rotation_matrix,
     write_itk_text,
 )
 
@@ -144,3 +145,33 @@ def test_crop_and_block_affine():
     # block (0,0,0) averages voxels [2:4, 1:3, 0:2]: centre world = (2.5, 1.5, 0.5)
     np.testing.assert_allclose(a[:3, 3], [2.5, 1.5, 0.5])
     assert d[0, 0, 0] == pytest.approx(data[2:4, 1:3, 0:2].mean())
+
+
+@pytest.mark.parametrize("det_sign", [1.0, -1.0])
+def test_fsl_matrix_of_a_translation(det_sign):
+    """Worked by hand: FSL scaled-voxel x runs opposite to RAS x for either storage order (FSL
+    flips neurological images), y and z run with RAS. A pull translation t (reference point x ->
+    input point x + t) on one grid is therefore the FSL push matrix translation (+tx, -ty, -tz)."""
+    from gliaflow.pipeline.spatial.transforms import ras_to_fsl
+
+    aff = np.diag([det_sign * 2.0, 2.0, 2.0, 1.0])
+    aff[:3, 3] = [-90.0, -120.0, -70.0]
+    shape = (91, 109, 91)
+    m = np.eye(4)
+    m[:3, 3] = [6.0, -4.0, 3.0]
+    f = ras_to_fsl(m, shape, aff, shape, aff)
+    np.testing.assert_allclose(f[:3, :3], np.eye(3), atol=1e-12)
+    np.testing.assert_allclose(f[:3, 3], [6.0, 4.0, -3.0], atol=1e-9)
+
+
+def test_fsl_matrix_round_trip_oblique_and_flipped():
+    from gliaflow.pipeline.spatial.transforms import fsl_to_ras, ras_to_fsl
+
+    rot = np.eye(4)
+    rot[:3, :3] = rotation_matrix(0.2, -0.1, 0.3)
+    a_in = rot @ np.diag([2.0, 2.0, 2.5, 1.0])        # oblique, neurological
+    a_ref = np.diag([-1.0, 1.2, 1.0, 1.0])             # radiological, anisotropic
+    a_in[:3, 3], a_ref[:3, 3] = [80.0, -100.0, -60.0], [90.0, -110.0, -80.0]
+    m = params_to_matrix([0.1, -0.05, 0.2, 3.0, -4.0, 5.0])
+    f = ras_to_fsl(m, (64, 64, 40), a_in, (181, 150, 160), a_ref)
+    np.testing.assert_allclose(fsl_to_ras(f, (64, 64, 40), a_in, (181, 150, 160), a_ref), m, atol=1e-9)

@@ -27,6 +27,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--nprocs", type=int, default=None, metavar="N", help="Dask workers")
     p.add_argument("--config", type=Path, default=None, metavar="FILE", help="YAML/TOML configuration")
     p.add_argument("--quiet", action="store_true", help="no progress display")
+    from gliaflow.pipeline.engines import ENGINE_NAMES
+
+    p.add_argument("--engine", choices=list(ENGINE_NAMES), default=None,
+                   help="toolkit of every image step (default ants, embedded; fsl needs FSLDIR)")
     return p
 
 
@@ -58,18 +62,35 @@ def truth_check(bids_dir: Path, table: Path) -> list[tuple[str, float, int]]:
 
 def run(args) -> int:
     from rich.console import Console
-    from rich.table import Table
 
-    from gliaflow.pipeline.io.bids import discover
-    from gliaflow.pipeline.config import load_config
-    from gliaflow.pipeline.session import GROUP_STEP, SESSION_STAGES
-    from gliaflow.pipeline.simulate.cohort import simulate_cohort
-
-    from gliaflow.workflows.flows import run_cohort
+    from gliaflow.workflows.runlog import run_log, run_log_path
 
     console = Console(stderr=True, quiet=args.quiet)
     out = args.out.absolute()
     bids, deriv = out / "bids", out / "derivatives"
+    with run_log(run_log_path(deriv)) as log_file:  # library warnings: the log, not the terminal
+        return _demo(args, console, bids, deriv, log_file)
+
+
+def _demo(args, console, bids: Path, deriv: Path, log_file: Path) -> int:
+    """The demo's three steps (see :func:`run`); warnings are routed to ``log_file``."""
+    from rich.table import Table
+
+    from gliaflow.pipeline.config import ENGINE_FIELDS, load_config
+    from gliaflow.pipeline.engines import check_engines
+    from gliaflow.pipeline.io.bids import discover
+    from gliaflow.pipeline.session import GROUP_STEP, SESSION_STAGES
+    from gliaflow.pipeline.simulate.cohort import simulate_cohort
+    from gliaflow.workflows.flows import run_cohort
+
+    overrides = {"execution.nprocs": args.nprocs}
+    if args.engine is not None:
+        overrides.update({f"{s}.{k}": args.engine for s, keys in ENGINE_FIELDS.items() for k in keys})
+    if args.config is None:  # demo-sized group statistics unless the user configured them
+        overrides["stats.n_permutations"] = 500
+        overrides["stats.tfce"] = False  # max-T only: TFCE costs ~0.8 CPU-s per permutation at 2 mm
+    cfg = load_config(args.config, overrides=overrides)
+    check_engines(cfg)
     t0 = time.perf_counter()
     console.rule("gliaflow demo")
     console.print("This demo runs every stage on a simulated [11C]PBR28 cohort with known truth: "
@@ -89,11 +110,6 @@ def run(args) -> int:
                         progress=progress)
     t_sim = time.perf_counter() - t0
 
-    overrides = {"execution.nprocs": args.nprocs}
-    if args.config is None:  # demo-sized group statistics unless the user configured them
-        overrides["stats.n_permutations"] = 500
-        overrides["stats.tfce"] = False  # max-T only: TFCE costs ~0.8 CPU-s per permutation at 2 mm
-    cfg = load_config(args.config, overrides=overrides)
     disc = discover(bids, require_blood=True)
     console.print(f"2/3 processing {len(disc.sessions)} sessions into {deriv} "
                   f"({len(disc.invalid)} invalid)")
@@ -126,4 +142,6 @@ def run(args) -> int:
         console.print(f"Dashboard: {dashboard}")
     for p in sorted(deriv.glob("sub-*.html"))[:3]:
         console.print(f"Report:    {p}")
+    if log_file.is_file():
+        console.print(f"Log:       {log_file} (library warnings)")
     return 1 if outcome.failed else 0

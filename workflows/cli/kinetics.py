@@ -8,24 +8,32 @@ For users who already have TACs (from gliaflow or PETPrep)::
 TACS.tsv: ``frame_start``, ``frame_end`` (s) and one column per region; the units come from a
 JSON sidecar next to it (``"Units": "kBq/mL"``) or ``--tac-units``. Blood: BIDS ``*_blood.tsv``
 with their JSON sidecars (column units). Output: one row per region, one column per parameter
-(``<model>_<parameter>`` when several models are fitted), and a JSON sidecar with the settings
+(``<model>_<parameter>`` when several models are asked for), and a JSON sidecar with the settings
 and the blood-processing notes.
+
+It runs the kinetics stage's regional path
+(:func:`gliaflow.pipeline.kinetics.quantify.quantify_regional`) with the defaults of the same
+settings models, the flags overriding fields: the same TACs and blood give the same table as
+``desc-fits_kinetics.tsv``. Models whose inputs are missing (SUV without ``--dose`` and
+``--body-weight``, plasma models without ``--blood``) are skipped with a message; it is an error
+when none is left. Blood times are read as seconds from injection.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from gliaflow.pipeline.blood.input import apply_delay, plasma_input_from_files
+from gliaflow.pipeline.blood.input import read_blood_recordings
 from gliaflow.pipeline.config import BloodSettings, KineticsSettings
 from gliaflow.pipeline.io.derivatives import atomic_write_json, write_tsv
 from gliaflow.pipeline.errors import ConfigError, ModelError
-from gliaflow.pipeline.kinetics.regional import (PLASMA_MODELS, fit_regional_results, results_table,
-                                                  split_tac_table, table_weights)
+from gliaflow.pipeline.kinetics.quantify import quantify_regional
+from gliaflow.pipeline.kinetics.regional import results_table, split_tac_table, table_weights
 from gliaflow.pipeline.io.units import activity_concentration_factor, radioactivity_factor
 
 MODELS = ["suv", "suvr", "1tcm", "2tcm", "logan", "ma1", "srtm", "mrtm2"]
@@ -65,16 +73,18 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     b = p.add_argument_group("blood options")
     b.add_argument("--parent-fraction-model", choices=["hill", "exponential", "power", "raw", "none"])
     b.add_argument("--plasma-to-blood", choices=["interpolate", "constant", "linear"])
-    b.add_argument("--dispersion-tau", type=float, help="dispersion constant (s) of continuous data")
+    b.add_argument("--dispersion-tau", type=float,
+                   help="dispersion constant (s) of continuous data; default: a blood sidecar's "
+                   "DispersionConstant when it says DispersionCorrected: false, else none")
     b.add_argument("--blood-delay", type=float,
                    help="fixed blood delay (s); default: estimated against --delay-region")
     b.add_argument("--delay-region", help="region TAC used to estimate the delay (default: "
-                   "reference region, else the mean of all regions)")
+                   "whole_brain)")
     return p
 
 
 def _tac_units(tacs: Path, flag: str | None) -> tuple[float, str]:
-    side = tacs.with_name(tacs.name[: -len(".tsv")] + ".json") if tacs.name.endswith(".tsv") else tacs.with_suffix(".json")
+    side = _sidecar(tacs)
     unit, src = flag, "--tac-units"
     if unit is None and side.exists():
         try:
@@ -92,100 +102,78 @@ def _tac_units(tacs: Path, flag: str | None) -> tuple[float, str]:
         raise ModelError(str(exc), file=src, field="Units") from None
 
 
-def run(args) -> int:
+def _settings(args) -> tuple[KineticsSettings, BloodSettings]:
+    """The settings models' defaults with the command-line flags applied (validated)."""
+    kin = {"models": args.model, "reference_region": args.reference_region,
+           "suvr_window_min": tuple(args.window) if args.window else None,
+           "tstar_min": args.tstar, "tstar_frames": args.tstar_frames,
+           "vb": args.vb, "fit_delay": True if args.fit_delay else None,
+           "fit_end_min": args.fit_end, "n_starts": args.n_starts,
+           "weights": args.weights if args.weights != "column" else None,
+           "k2prime_per_min": args.k2prime}
+    kin = {k: v for k, v in kin.items() if v is not None}
+    if args.fit_vb:
+        kin["vb"] = None
+    blood = {"parent_fraction_model": args.parent_fraction_model,
+             "plasma_to_blood": args.plasma_to_blood, "dispersion_tau_s": args.dispersion_tau,
+             "delay_region": args.delay_region}
+    blood = {k: v for k, v in blood.items() if v is not None}
+    if args.blood_delay is not None:
+        blood.update(delay="fixed", delay_s=args.blood_delay)
     try:
-        ks = KineticsSettings()
-        upd = {"models": args.model}
-        if args.reference_region:
-            upd["reference_region"] = args.reference_region
-        if args.window:
-            upd["suvr_window_min"] = tuple(args.window)
-        if args.tstar is not None:
-            upd["tstar_min"] = args.tstar
-        if args.tstar_frames is not None:
-            upd["tstar_frames"] = args.tstar_frames
-        if args.fit_vb:
-            upd["vb"] = None
-        elif args.vb is not None:
-            upd["vb"] = args.vb
-        if args.fit_delay:
-            upd["fit_delay"] = True
-        if args.fit_end is not None:
-            upd["fit_end_min"] = args.fit_end
-        if args.n_starts is not None:
-            upd["n_starts"] = args.n_starts
-        if args.weights and args.weights != "column":
-            upd["weights"] = args.weights
-        if args.k2prime is not None:
-            upd["k2prime_per_min"] = args.k2prime
-        ks = KineticsSettings(**{**ks.model_dump(), **upd})
-        bs = BloodSettings()
-        bupd = {}
-        if args.parent_fraction_model:
-            bupd["parent_fraction_model"] = args.parent_fraction_model
-        if args.plasma_to_blood:
-            bupd["plasma_to_blood"] = args.plasma_to_blood
-        if args.dispersion_tau is not None:
-            bupd["dispersion_tau_s"] = args.dispersion_tau
-        if args.blood_delay is not None:
-            bupd.update(delay="fixed", delay_s=args.blood_delay)
-        bs = BloodSettings(**{**bs.model_dump(), **bupd})
+        return (KineticsSettings(**{**KineticsSettings().model_dump(), **kin}),
+                BloodSettings(**{**BloodSettings().model_dump(), **blood}))
     except ValueError as exc:  # pydantic ValidationError is a ValueError
         raise ConfigError(f"bad option: {exc}") from None
 
+
+def _read_tacs(args) -> tuple[pd.DataFrame, np.ndarray | None, str]:
+    """The TAC table in Bq/mL (frame_start, frame_end, regions), the frame weights of its
+    ``weights`` column when ``--weights column``, and the units it was written in."""
     try:
         raw = pd.read_csv(args.tacs, sep="\t", na_values=["n/a"])
     except (OSError, pd.errors.ParserError) as exc:
         raise ModelError(f"cannot read: {exc}", file=args.tacs) from None
     factor, unit = _tac_units(args.tacs, args.tac_units)
-    col_weights = None
+    weights = None
     if args.weights == "column":
-        col_weights = table_weights(raw)
-        if col_weights is None:
+        weights = table_weights(raw)
+        if weights is None:
             raise ModelError("--weights column needs a 'weights' column", file=args.tacs, field="weights")
     frames, vals = split_tac_table(raw, str(args.tacs))
-    vals = vals * factor
-    table = pd.concat([pd.DataFrame({"frame_start": frames.start_s, "frame_end": frames.end_s}), vals], axis=1)
+    table = pd.concat([pd.DataFrame({"frame_start": frames.start_s, "frame_end": frames.end_s}),
+                       vals * factor], axis=1)
+    return table, weights, unit
 
-    plasma, delay_info = None, {}
-    if args.blood:
-        plasma = plasma_input_from_files(args.blood, bs, scan_end_s=float(frames.end_s[-1]))
-        y = None
-        if bs.delay == "fit":
-            region = args.delay_region or (ks.reference_region if ks.reference_region in vals else None)
-            if region is not None and region not in vals:
-                raise ModelError(f"delay region {region!r} is not a column", file=args.tacs,
-                                 field="delay_region")
-            y = vals[region].to_numpy(float) if region else vals.mean(axis=1).to_numpy(float)
-            delay_info["region"] = region or "mean of all regions"
-        plasma, fit_info = apply_delay(plasma, bs, frames.start_s, frames.end_s, y)
-        delay_info.update(fit_info)
-    elif any(m in PLASMA_MODELS for m in args.model):
-        raise ModelError(f"models {', '.join(m for m in args.model if m in PLASMA_MODELS)} need "
-                         "--blood", field="blood")
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name[: -len(".tsv")] + ".json") if path.name.endswith(".tsv") \
+        else path.with_suffix(".json")
+
+
+def run(args) -> int:
+    ks, bs = _settings(args)
+    table, weights, unit = _read_tacs(args)
     dose = radioactivity_factor(args.dose_units) * args.dose if args.dose else None
-    weights = None
-    if col_weights is not None:
-        weights = col_weights
-    results = fit_regional_results(table, plasma, ks, injected_bq=dose,
-                                   body_weight_kg=args.body_weight, source=str(args.tacs),
-                                   weights=weights)
-    out = results_table(results, prefix=len(args.model) > 1)
+    reg = quantify_regional(table, read_blood_recordings(args.blood), bs, ks, injected_bq=dose,
+                            body_weight_kg=args.body_weight, weights=weights, source=str(args.tacs))
+    for m, why in reg.skipped.items():
+        print(f"gliaflow kinetics: model {m} skipped: {why}", file=sys.stderr)
+    out = results_table(reg.results, prefix=len(args.model) > 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_tsv(out, args.out)
-    side = args.out.with_name(args.out.name[: -len(".tsv")] + ".json") if args.out.name.endswith(".tsv") else args.out.with_suffix(".json")
     meta = {"Sources": [str(args.tacs)] + [str(b) for b in args.blood], "TACUnits": unit,
-            "Models": args.model, "KineticsSettings": ks.model_dump(mode="json"),
+            "Models": reg.models, "ModelsSkipped": reg.skipped,
+            "KineticsSettings": ks.model_dump(mode="json"),
             "Units": {"VT": "mL/cm3", "K1": "mL/cm3/min", "k2": "1/min", "k3": "1/min",
                       "k4": "1/min", "SUV": "g/mL", "delay_s": "s"}}
-    if plasma is not None:
-        meta["Blood"] = {"settings": bs.model_dump(mode="json"), "delay_s": plasma.delay_s,
-                         "delay_fit": {k: float(v) if isinstance(v, (int, float, np.floating)) else v
-                                       for k, v in delay_info.items()},
-                         "parent_fraction_params": plasma.parent_fraction_params,
-                         "notes": plasma.notes}
-    atomic_write_json(side, meta)
-    n_fail = int(sum(not r.converged for per in results.values() for r in per.values()))
-    print(f"gliaflow kinetics: {len(out)} regions x {len(args.model)} model(s) -> {args.out}"
+    if reg.plasma is not None:
+        meta["Blood"] = {"settings": reg.blood_settings.model_dump(mode="json"),
+                         "delay_s": reg.plasma.delay_s, "delay_fit": reg.delay_fit,
+                         "parent_fraction_params": reg.plasma.parent_fraction_params,
+                         "notes": reg.plasma.notes}
+    atomic_write_json(_sidecar(args.out), meta)
+    n_fail = int(sum(not r.converged for per in reg.results.values() for r in per.values()))
+    print(f"gliaflow kinetics: {len(out)} regions x {len(reg.models)} model(s) -> {args.out}"
           + (f" ({n_fail} fit(s) failed: see the 'reason' column)" if n_fail else ""))
     return 0

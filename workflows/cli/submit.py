@@ -2,16 +2,19 @@
 
 Writes one batch script per session (each runs ``gliaflow run ... participant`` for that
 session) and a group job depending on all of them, submits them with sbatch and prints the
-job ids. ``--no-submit`` only writes the scripts.
+job ids. ``--no-submit`` only writes the scripts. The analysis and statistics flags are passed
+to every job; they and participants.tsv are checked against each other before anything is
+written.
 """
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from gliaflow.pipeline.errors import ConfigError
 
-from gliaflow.workflows.cli.run import common_run_args
+from gliaflow.workflows.cli.run import build_config, check_settings, common_run_args, setting_argv
 
 __all__ = ["add_parser", "run"]
 
@@ -41,11 +44,15 @@ def run(args) -> int:
 
     if args.config is not None and not Path(args.config).is_file():
         raise ConfigError("config file not found", file=args.config)
+    cfg = build_config(args)  # bad settings or flags fail here, not in every job
     disc = discover(args.bids_dir, participant_label=args.participant_label,
                     session_label=args.session_label)
     for i in disc.invalid:
         print(f"skip {i.session_id}: {i.file or ''} {i.message}")
-    extra = []
+    # the group job runs the statistics (unless a plugin group step replaces them)
+    check_settings(cfg, args.bids_dir, disc.sessions,
+                   strict_group=not (args.group_step or os.environ.get("GLIAFLOW_GROUP_STEP")))
+    extra = setting_argv(args)
     if args.stages:
         extra += ["--stages", args.stages]
     if args.group_step:

@@ -11,6 +11,7 @@ worker, and the flow resubmits it as a new Prefect task run with more memory (se
 """
 from __future__ import annotations
 
+import importlib.resources
 import os
 import shlex
 from pathlib import Path
@@ -25,7 +26,8 @@ from gliaflow.pipeline.errors import ConfigError
 __all__ = ["ClusterProfile", "AdaptiveSpec", "load_profile", "ClusterHandle", "start_cluster",
            "PROFILE_DIR", "MEMORY_RESOURCE"]
 
-PROFILE_DIR = Path(__file__).resolve().parent.parent / "infrastructure" / "clusters"
+#: the shipped profiles: gliaflow.infrastructure/clusters, in a source checkout and an installed wheel
+PROFILE_DIR = Path(str(importlib.resources.files("gliaflow.infrastructure") / "clusters"))
 MEMORY_RESOURCE = "MEMORY"
 GiB = 1024 ** 3
 WORKER_PRELOAD = "gliaflow.workflows.services.worker_setup"  # imports the task engine at worker start
@@ -76,7 +78,7 @@ class ClusterProfile(BaseModel):
 
 def load_profile(name_or_path: str | Path) -> ClusterProfile:
     """Read and validate a profile: a name (looked up in ``GLIAFLOW_PROFILE_DIR`` folders, then
-    ``infrastructure/clusters``; a known kind falls back to built-in defaults) or a YAML path.
+    :data:`PROFILE_DIR`, the shipped ``infrastructure/clusters``) or a YAML path.
 
     Raises
     ------
@@ -90,9 +92,6 @@ def load_profile(name_or_path: str | Path) -> ClusterProfile:
             p = d / f"{name_or_path}.yaml"
             if p.is_file():
                 break
-        else:  # installed without the infrastructure folder: built-in defaults of that kind
-            if str(name_or_path) in ("local", "address", "slurm", "pbs", "sge", "lsf"):
-                return ClusterProfile(kind=str(name_or_path))
     if not p.is_file():
         known = sorted(q.stem for q in PROFILE_DIR.glob("*.yaml"))
         raise ConfigError(f"unknown cluster profile {str(name_or_path)!r}; known: {known}", file=p)
@@ -161,13 +160,13 @@ def _dask_config() -> dict[str, Any]:
 
 def _worker_env(extra_env: dict[str, str] | None, threads: int) -> dict[str, str]:
     from gliaflow.workflows.services.prefect_server import quiet_prefect_env
+    from gliaflow.workflows.services.threads import thread_environment
 
     env = {k: os.environ.get(k, v) for k, v in quiet_prefect_env().items()}
     if os.environ.get("PREFECT_API_URL"):
         env["PREFECT_API_URL"] = os.environ["PREFECT_API_URL"]
-    env.update({"OMP_NUM_THREADS": str(threads), "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS": str(threads),
-           "OPENBLAS_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-           "NIPYPE_NO_ET": "1"})
+    env.update(thread_environment(threads))
+    env["NIPYPE_NO_ET"] = "1"
     env.update(extra_env or {})
     return env
 

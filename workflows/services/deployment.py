@@ -5,8 +5,8 @@ server (``PREFECT_API_URL``), so :func:`gliaflow_cohort` simply runs ``gliaflow 
 the same process: ``gliaflow run`` sees ``PREFECT_API_URL`` and uses that server (no private
 one), and its cohort flow run (``gliaflow-cohort``) becomes a subflow of the deployment's run.
 
-Prefect loads this file by path (``workflows/deployment.py:gliaflow_cohort``), not as
-``gliaflow.workflows.services.deployment``, so it must use absolute imports only.
+Prefect loads this file by path (``workflows/services/deployment.py:gliaflow_cohort``), not
+as ``gliaflow.workflows.services.deployment``, so it must use absolute imports only.
 """
 from __future__ import annotations
 
