@@ -36,7 +36,7 @@ from gliaflow.pipeline.io.bids import SessionSpec
 from gliaflow.pipeline.io.derivatives import Derivatives
 from gliaflow.pipeline.kinetics.metrics import tidy_metrics
 from gliaflow.pipeline.kinetics.names import METRIC_COLUMNS, PLASMA_MAPS
-from gliaflow.pipeline.provenance import ToolCall
+from gliaflow.pipeline.provenance import ToolCall, merge_calls
 
 if TYPE_CHECKING:
     from gliaflow.pipeline.kinetics.quantify import RegionalKinetics
@@ -255,7 +255,8 @@ def stage_labels_tacs(ctx: StageContext, upstream: dict[str, StageResult]) -> St
     qc["volumes_pet_mm3"] = dict(zip(labels.volumes_pet["name"], labels.volumes_pet["volume_mm3"].round(1)))
     flags = [f for part in ("labels", "tacs", "tacs_pvc") for f in qc.get(part, {}).get("flags", [])]
     return StageResult(stage="labels_tacs", outputs=outputs, values={"atlas": atlas.name, "seg": seg},
-                       qc=qc, flags=flags, provenance=engine.provenance())
+                       qc=qc, flags=flags, provenance=merge_calls(
+                           engine.provenance() + labels.provenance + res["provenance"]))
 
 
 def _read_tacs(path: Path) -> pd.DataFrame:
@@ -338,18 +339,8 @@ def _kinetic_maps(ctx: StageContext, upstream: dict[str, StageResult], tacs: pd.
                                anat.values["to_template"], resolution_mm=2.0, engine=engine)
         res.outputs[f"map_{name}_mni"] = save_nifti(
             timg, ctx.path("pet", ".nii.gz", space=anat.values["template"], res="2", meas=meas))
-    res.provenance = engine.provenance()
+    res.provenance = arrays.provenance + engine.provenance()
     return res
-
-
-def _map_missing_input(name: str, body_weight_kg: float | None, injected_bq: float | None,
-                       plasma) -> str | None:
-    """Why a session cannot have the parametric map ``name`` (None when it can)."""
-    if name == "suv" and (body_weight_kg is None or injected_bq is None):
-        return "no body weight or injected activity"
-    if name in PLASMA_MAPS and plasma is None:
-        return "no arterial blood recording"
-    return None
 
 
 def stage_kinetics(ctx: StageContext, upstream: dict[str, StageResult]) -> StageResult:
@@ -370,7 +361,7 @@ def stage_kinetics(ctx: StageContext, upstream: dict[str, StageResult]) -> Stage
                        values={"models": reg.models, "maps": maps.values["maps"],
                                "delay_s": float(reg.plasma.delay_s) if reg.plasma is not None else None},
                        qc={**reg.qc, **maps.qc}, flags=reg.flags + maps.flags,
-                       provenance=maps.provenance)
+                       provenance=merge_calls(reg.provenance + maps.provenance))
 
 
 def stage_report(ctx: StageContext, upstream: dict[str, StageResult]) -> StageResult:
@@ -380,15 +371,18 @@ def stage_report(ctx: StageContext, upstream: dict[str, StageResult]) -> StageRe
     outputs: dict[str, Path] = {}
     qc: dict[str, Any] = {}
     flags: list[str] = []
+    calls: list[ToolCall] = []
     for name, res in upstream.items():
         outputs.update(res.outputs)
         qc[name] = res.qc
         flags += res.flags
+        calls += res.provenance
     html = ctx.out_dir / f"{ctx.spec.session_id}.html"
     if ctx.config.report.enabled:
         write_session_report(html, session_id=ctx.spec.session_id,
                              sidecar=ctx.spec.sidecar.model_dump(), outputs=outputs, qc=qc,
-                             flags=flags, config=stage_settings(ctx.config, "report"), errors=[])
+                             flags=flags, config=stage_settings(ctx.config, "report"), errors=[],
+                             provenance=calls)
     return StageResult(stage="report", outputs={"report_html": html} if ctx.config.report.enabled else {},
                        qc={}, flags=[])
 

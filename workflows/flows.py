@@ -400,17 +400,27 @@ def _group(plans: list[SessionPlan], config: PipelineConfig, out_dir: Path,
 CONFIG_FILE = "gliaflow_config.yaml"
 
 
-def write_provenance(out_dir: Path, config: PipelineConfig, specs: Sequence) -> None:
-    """``dataset_description.json`` (GeneratedBy: version, code revision, config hash) and the
-    effective configuration ``OUT_DIR/gliaflow_config.yaml``. Refuses an OUT_DIR inside the
-    input dataset."""
+def write_provenance(out_dir: Path, config: PipelineConfig, specs: Sequence,
+                     group_calls: list | None = None) -> None:
+    """``dataset_description.json`` (GeneratedBy: gliaflow's version, code revision, config
+    hash, then every tool the stage manifests and the group step recorded), the provenance
+    file with the records and command lines (:data:`gliaflow.workflows.reporting.PROVENANCE_FILE`)
+    and the effective configuration ``OUT_DIR/gliaflow_config.yaml``. Refuses an OUT_DIR inside
+    the input dataset. ``group_calls``: the group step's records when it ran (None keeps the
+    previous ones)."""
     from gliaflow.pipeline import __version__
     from gliaflow.pipeline.config import config_hash, write_effective_config
     from gliaflow.pipeline.io.derivatives import Derivatives
+    from gliaflow.pipeline.provenance import software_used
+
+    from gliaflow.workflows.reporting import PROVENANCE_FILE, write_run_provenance
 
     bids = getattr(specs[0], "bids_dir", None) if specs else None
+    derivatives = Derivatives(out_dir, bids)  # refuses an OUT_DIR inside the input first
     write_effective_config(config, out_dir / CONFIG_FILE)
-    Derivatives(out_dir, bids).write_dataset_description(__version__, config_hash(config), CONFIG_FILE)
+    calls = write_run_provenance(out_dir, group_calls)
+    derivatives.write_dataset_description(__version__, config_hash(config), CONFIG_FILE,
+                                          tools=software_used(calls), provenance_file=PROVENANCE_FILE)
 
 
 def engine_environment(config: PipelineConfig) -> dict[str, str]:
@@ -528,6 +538,8 @@ def _run_cohort(specs: Sequence, *, stages: Sequence, config: PipelineConfig, ou
         timings["group_s"] = time.perf_counter() - t0
     if level != "group" or invalid:
         outcome.ledger_path = ledger.write()
+    write_provenance(out_dir, config, specs, (outcome.group_result or {}).get("provenance")
+                     if isinstance(outcome.group_result, dict) else None)
     if level in ("group", "all"):
         from gliaflow.workflows.reporting import write_dashboard
 

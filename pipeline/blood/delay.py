@@ -15,6 +15,7 @@ from gliaflow.pipeline.blood.tables import PlasmaInput, shift_curve
 from gliaflow.pipeline.config import BloodSettings
 from gliaflow.pipeline.errors import BloodDataError
 from gliaflow.pipeline.numerics import exp_conv
+from gliaflow.pipeline.provenance import STEP_DELAY, gliaflow_call, library_call
 
 __all__ = ["estimate_delay", "apply_delay"]
 
@@ -44,7 +45,7 @@ def estimate_delay(plasma: PlasmaInput, frame_start_s, frame_end_s, tac_bqml,
     delay_s : float
     info : dict
         ``K1`` (mL/cm3/min), ``k2`` (1/min), ``vB``, ``ssr`` of the best fit, ``at_bound`` (1.0
-        when the delay is at an end of the range).
+        when the delay is at an end of the range), ``nnls_solves`` (scipy.optimize.nnls calls).
     """
     from gliaflow.pipeline.numerics import frame_mean_matrix
 
@@ -77,7 +78,8 @@ def estimate_delay(plasma: PlasmaInput, frame_start_s, frame_end_s, tac_bqml,
     at_bound = float(np.isclose(d, delays[0]) or np.isclose(d, delays[-1]))
     vb = min(vb, 1.0)
     k1 = a / (1 - vb) if vb < 1 else math.nan
-    return d, {"K1": k1, "k2": k2, "vB": vb, "ssr": ssr, "at_bound": at_bound}
+    return d, {"K1": k1, "k2": k2, "vB": vb, "ssr": ssr, "at_bound": at_bound,
+               "nnls_solves": float(len(delays) * len(k2s))}
 
 
 def apply_delay(plasma: PlasmaInput, settings: BloodSettings, frame_start_s=None, frame_end_s=None,
@@ -90,7 +92,8 @@ def apply_delay(plasma: PlasmaInput, settings: BloodSettings, frame_start_s=None
     Returns
     -------
     plasma : PlasmaInput
-        Shifted input (``delay_s`` records the total shift).
+        Shifted input (``delay_s`` records the total shift; a fitted delay adds its records to
+        ``provenance``).
     info : dict
         Fit information (empty for a fixed delay).
 
@@ -105,4 +108,7 @@ def apply_delay(plasma: PlasmaInput, settings: BloodSettings, frame_start_s=None
         raise BloodDataError("delay 'fit' needs a whole-brain TAC and its frames", field="delay")
     d, info = estimate_delay(plasma, frame_start_s, frame_end_s, tac_bqml, settings.delay_range_s,
                              60.0 * settings.delay_fit_end_min)
-    return plasma.shifted(d), info
+    calls = [gliaflow_call(STEP_DELAY, "gliaflow.pipeline.blood.delay.estimate_delay"),
+             library_call(STEP_DELAY, "SciPy", "scipy.optimize.nnls", count=int(info.pop("nnls_solves")))]
+    shifted = plasma.shifted(d)
+    return shifted.model_copy(update={"provenance": plasma.provenance + calls}), info

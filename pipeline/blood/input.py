@@ -42,10 +42,11 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from gliaflow.pipeline.blood.parent_fraction import fit_parent_fraction, parent_fraction_curve
+from gliaflow.pipeline.blood.parent_fraction import PF_MODELS, fit_parent_fraction, parent_fraction_curve
 from gliaflow.pipeline.blood.tables import PlasmaInput, clean_blood_table
 from gliaflow.pipeline.config import BloodSettings
 from gliaflow.pipeline.errors import BloodDataError
+from gliaflow.pipeline.provenance import STEP_PLASMA, ToolCall, gliaflow_call, library_call
 
 __all__ = [
     "dispersion_correct",
@@ -237,9 +238,10 @@ def _plasma_and_blood_on_grid(grid: np.ndarray, wb: tuple[np.ndarray, np.ndarray
 
 def _parent_fraction_on_grid(grid: np.ndarray, pf_t: np.ndarray, pf_y: np.ndarray, model: str,
                              sources: Sequence[str],
-                             notes: list[str]) -> tuple[np.ndarray, dict[str, float]]:
+                             notes: list[str], calls: list[ToolCall]) -> tuple[np.ndarray, dict[str, float]]:
     """Parent fraction (0..1) on ``grid`` from the samples (s, fraction) with ``model``, and the
-    fitted parameters (empty for ``raw`` and ``none``)."""
+    fitted parameters (empty for ``raw`` and ``none``). A fitted model adds its records to
+    ``calls``."""
     if model == "none":
         if pf_t.size:
             notes.append("parent-fraction samples ignored (parent_fraction_model 'none': the "
@@ -253,6 +255,10 @@ def _parent_fraction_on_grid(grid: np.ndarray, pf_t: np.ndarray, pf_y: np.ndarra
     if model == "raw":
         return parent_fraction_curve(grid, "raw", samples=(pf_t, pf_y)), {}
     params = fit_parent_fraction(pf_t, pf_y, model, source=", ".join(sources))
+    calls += [gliaflow_call(STEP_PLASMA, "gliaflow.pipeline.blood.parent_fraction.fit_parent_fraction"
+                            f"(model='{model}')"),
+              library_call(STEP_PLASMA, "SciPy", "scipy.optimize.curve_fit",
+                           count=len(PF_MODELS[model][4]))]  # one fit per start
     return parent_fraction_curve(grid, model, params), params
 
 
@@ -315,12 +321,14 @@ def plasma_input_from_tables(tables: Sequence[pd.DataFrame], settings: BloodSett
     pl_g, wb_g = _plasma_and_blood_on_grid(grid, (wb_t, wb_y), (pl_t, pl_y), pairs,
                                            s.plasma_to_blood, sources, notes)
     pf_t, pf_y = _pooled(cleaned, "parent_fraction")
-    pf_g, params = _parent_fraction_on_grid(grid, pf_t, pf_y, s.parent_fraction_model, sources, notes)
+    calls = [gliaflow_call(STEP_PLASMA, "gliaflow.pipeline.blood.input.plasma_input_from_tables")]
+    pf_g, params = _parent_fraction_on_grid(grid, pf_t, pf_y, s.parent_fraction_model, sources, notes,
+                                            calls)
     return PlasmaInput(t_s=grid, parent_bqml=pl_g * pf_g, whole_blood_bqml=wb_g,
                        plasma_total_bqml=pl_g, parent_fraction=pf_g,
                        parent_fraction_model=s.parent_fraction_model,
                        parent_fraction_params=params, plasma_to_blood=s.plasma_to_blood,
-                       dispersion_tau_s=s.dispersion_tau_s, notes=notes)
+                       dispersion_tau_s=s.dispersion_tau_s, notes=notes, provenance=calls)
 
 
 def read_blood_recordings(tsv_paths: Sequence[str | Path]) -> list:

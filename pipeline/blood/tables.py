@@ -15,6 +15,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from gliaflow.pipeline.errors import BloodDataError
+from gliaflow.pipeline.provenance import ToolCall
 
 __all__ = ["PlasmaInput", "clean_blood_table", "shift_curve", "BLOOD_COLUMNS"]
 
@@ -45,6 +46,8 @@ class PlasmaInput(BaseModel):
         Dispersion constant applied to continuous recordings (s).
     notes : list of str
         What was done to the data that a reader should know (extrapolation, clipping...).
+    provenance : list of ToolCall
+        What built the input (gliaflow's functions and the library routines they called).
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -60,6 +63,7 @@ class PlasmaInput(BaseModel):
     plasma_to_blood: str = ""
     dispersion_tau_s: float | None = None
     notes: list[str] = Field(default_factory=list)
+    provenance: list[ToolCall] = Field(default_factory=list)
 
     @property
     def dt_s(self) -> float:

@@ -12,7 +12,7 @@ import os
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
@@ -194,10 +194,18 @@ class Derivatives:
         return folder / datatype / build_name(entities, suffix, extension)
 
     def write_dataset_description(self, version: str, config_hash: str | None = None,
-                                  config_file: str | None = None) -> Path:
-        """Write ``dataset_description.json`` with GeneratedBy (name, version, code revision,
-        config hash, and the effective config's file name relative to the root)."""
-        generated = {"Name": "gliaflow", "Version": version}
+                                  config_file: str | None = None,
+                                  tools: Iterable[tuple[str, str | None]] = (),
+                                  provenance_file: str | None = None) -> Path:
+        """Write ``dataset_description.json``.
+
+        GeneratedBy lists gliaflow (version, code revision, config hash, the effective config's
+        file name and the provenance file, both relative to the root) and then one entry per
+        other tool that ran (``tools``: ``(name, version)`` pairs from the provenance records;
+        a tool that ran in two versions has two entries). Command lines are not part of
+        GeneratedBy: they are in the provenance file.
+        """
+        generated: dict[str, Any] = {"Name": "gliaflow", "Version": version}
         rev = code_revision()
         if rev:
             generated["CodeRevision"] = rev
@@ -205,11 +213,22 @@ class Derivatives:
             generated["ConfigHash"] = config_hash
         if config_file:
             generated["ConfigFile"] = config_file
+        if provenance_file:
+            generated["ProvenanceFile"] = provenance_file
+        others = []
+        for name, tool_version in tools:
+            if name == "gliaflow":
+                continue
+            entry = {"Name": name}
+            if tool_version and tool_version != "unknown":
+                entry["Version"] = tool_version
+            if entry not in others:
+                others.append(entry)
         desc = {
             "Name": "gliaflow derivatives",
             "BIDSVersion": "1.9.0",
             "DatasetType": "derivative",
-            "GeneratedBy": [generated],
+            "GeneratedBy": [generated] + others,
         }
         if self.input_dir is not None:
             desc["SourceDatasets"] = [{"URL": self.input_dir.as_uri()}]

@@ -12,6 +12,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from gliaflow.pipeline.errors import ModelError
+from gliaflow.pipeline.provenance import ToolCall
 
 __all__ = [
     "FitResult",
@@ -53,6 +54,9 @@ class FitResult(BaseModel):
         Why the fit failed ("" on success).
     warnings : list[str]
         Non-fatal remarks (parameter at a bound, few frames, ...).
+    provenance : list[ToolCall]
+        Library routines the fit called and gliaflow's own fitting function (recorded by the
+        code that made the call; see :mod:`gliaflow.pipeline.provenance`).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -68,6 +72,7 @@ class FitResult(BaseModel):
     converged: bool = True
     reason: str = ""
     warnings: list[str] = Field(default_factory=list)
+    provenance: list[ToolCall] = Field(default_factory=list)
 
     @classmethod
     def failure(cls, model: str, names: list[str], reason: str) -> "FitResult":

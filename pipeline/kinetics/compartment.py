@@ -18,6 +18,7 @@ from gliaflow.pipeline.blood.tables import PlasmaInput, shift_curve
 from gliaflow.pipeline.kinetics.base import FitResult, FrameAverager, Frames, aic
 from gliaflow.pipeline.kinetics.forward import tcm_rates
 from gliaflow.pipeline.numerics import multi_exp_conv
+from gliaflow.pipeline.provenance import STEP_KINETICS, library_call
 
 __all__ = ["fit_tcm", "TCMModel", "PARAM_UNITS"]
 
@@ -177,6 +178,8 @@ def fit_tcm(frames: Frames, tac_bqml, plasma: PlasmaInput, n_tissue: Literal[1, 
     starts = _pick_starts(resid, n_tissue, vb is None, fit_delay, lo, hi, max(1, n_starts))
     best = None
     last_msg = ""
+    calls = [library_call(STEP_KINETICS, "SciPy", "scipy.optimize.least_squares(method='trf')",
+                          count=len(starts))]
     for x0 in starts:
         try:
             with warnings.catch_warnings():
@@ -195,7 +198,9 @@ def fit_tcm(frames: Frames, tac_bqml, plasma: PlasmaInput, n_tissue: Literal[1, 
         if best is None or r.cost < best.cost:
             best = r
     if best is None:
-        return FitResult.failure(name, all_names, f"optimiser did not converge: {last_msg}")
+        fail = FitResult.failure(name, all_names, f"optimiser did not converge: {last_msg}")
+        fail.provenance = calls
+        return fail
     p = unpack(best.x)
     res_w = best.fun * scale  # weighted residuals in Bq/mL
     wssr = float(res_w @ res_w)
@@ -228,7 +233,9 @@ def fit_tcm(frames: Frames, tac_bqml, plasma: PlasmaInput, n_tissue: Literal[1, 
         if k in ("K1", "k2", "k3", "k4", "vB") and (x <= lo_k * 1.0001 + 1e-9 or x >= hi_k * 0.999):
             warn.append(f"{k} at bound")
     if not np.isfinite(params["VT"]):
-        return FitResult.failure(name, all_names, "VT not finite (k2 or k4 at 0)")
+        fail = FitResult.failure(name, all_names, "VT not finite (k2 or k4 at 0)")
+        fail.provenance = calls
+        return fail
     return FitResult(model=name, params=params, se=se, fitted=fitted.tolist(), wssr=wssr,
                      aic=aic(wssr, n_used, n_par), n_frames=n_used, n_params=n_par, converged=True,
-                     warnings=warn)
+                     warnings=warn, provenance=calls)

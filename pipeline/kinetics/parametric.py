@@ -20,8 +20,19 @@ from gliaflow.pipeline.numerics import exp_conv, weighted_sum
 from gliaflow.pipeline.kinetics.names import MAP_NAMES, PLASMA_MAPS
 from gliaflow.pipeline.kinetics.graphical import GraphicalDesign, logan_vt, ma1_vt, transpose_blocked, tstar_mask
 from gliaflow.pipeline.kinetics.suv import window_weights
+from gliaflow.pipeline.provenance import STEP_MAPS, ToolCall, gliaflow_call
 
-__all__ = ["MAP_NAMES", "basis_1tcm_vt", "BasisSet1TCM", "MapContext", "map_block", "parametric_maps"]
+__all__ = ["MAP_NAMES", "basis_1tcm_vt", "BasisSet1TCM", "MapContext", "map_block", "parametric_maps",
+           "ParametricMaps"]
+
+
+class ParametricMaps(dict):
+    """Map name -> array (what :func:`parametric_maps` returns), with ``provenance``: the
+    records of what computed them (:mod:`gliaflow.pipeline.provenance`)."""
+
+    def __init__(self, *args, provenance: list[ToolCall] | None = None, **kw):
+        super().__init__(*args, **kw)
+        self.provenance: list[ToolCall] = list(provenance or [])
 
 
 class BasisSet1TCM:
@@ -177,8 +188,9 @@ def parametric_maps(data: np.ndarray, frames: Frames, settings: KineticsSettings
 
     Returns
     -------
-    dict
-        Map name -> array of shape ``data.shape[:-1]``.
+    ParametricMaps
+        Map name -> array of shape ``data.shape[:-1]``; ``.provenance`` has one record per map
+        (gliaflow's blockwise implementation, ``count`` = voxel blocks computed).
     """
     s = settings or KineticsSettings()
     maps = list(maps or s.maps)
@@ -214,7 +226,9 @@ def parametric_maps(data: np.ndarray, frames: Frames, settings: KineticsSettings
     else:
         for a in starts:
             block(a)
-    out = {}
+    out = ParametricMaps(provenance=[
+        gliaflow_call(STEP_MAPS, f"gliaflow.pipeline.kinetics.parametric.map_block(map='{m}')",
+                      count=len(starts)) for m in maps] if len(starts) else [])
     for i, m in enumerate(maps):
         if idx is None:
             out[m] = res[:, i].reshape(spatial)

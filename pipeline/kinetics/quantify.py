@@ -36,7 +36,8 @@ from gliaflow.pipeline.kinetics.base import FitResult
 from gliaflow.pipeline.kinetics.metrics import tidy_metrics
 from gliaflow.pipeline.kinetics.names import METRIC_COLUMNS, PLASMA_MODELS, PVC_SUFFIX
 from gliaflow.pipeline.kinetics.regional import (curves_table, fit_regional_results,
-                                                 results_table, split_tac_table)
+                                                 results_provenance, results_table, split_tac_table)
+from gliaflow.pipeline.provenance import ToolCall, merge_calls
 
 __all__ = ["METRIC_COLUMNS", "tidy_metrics", "select_models", "plasma_input_for_tacs",
            "RegionalKinetics", "quantify_regional"]
@@ -99,7 +100,7 @@ def plasma_input_for_tacs(recordings: Sequence, settings: BloodSettings, tacs: p
         The settings used (dispersion constant filled in from the sidecars).
     delay_fit : dict
         ``region`` and the fit information of
-        :func:`~gliaflow.pipeline.blood.input.estimate_delay` (empty for a fixed delay).
+        :func:`~gliaflow.pipeline.blood.delay.estimate_delay` (empty for a fixed delay).
 
     Raises
     ------
@@ -151,6 +152,10 @@ class RegionalKinetics:
         Tidy metrics per region (``_pvc`` columns from the PVC fits).
     qc, flags
         QC record (delay, blood notes, skipped models, fits not converged) and flags.
+    provenance : list of ToolCall
+        What ran: the plasma input's records (its construction and delay fit) and the fits'
+        (gliaflow's fitting functions and the library routines they called), repeated calls
+        folded into counts.
     """
 
     models: list[str]
@@ -166,6 +171,7 @@ class RegionalKinetics:
     fits_pvc: pd.DataFrame | None = None
     qc: dict[str, Any] = field(default_factory=dict)
     flags: list[str] = field(default_factory=list)
+    provenance: list[ToolCall] = field(default_factory=list)
 
 
 def quantify_regional(tacs: pd.DataFrame, recordings: Sequence = (),
@@ -233,14 +239,17 @@ def quantify_regional(tacs: pd.DataFrame, recordings: Sequence = (),
     results = fit(tacs, source)
     fits = results_table(results)
     metrics = tidy_metrics(fits)
+    calls = (plasma.provenance if plasma is not None else []) + results_provenance(results)
     results_pvc = fits_pvc = None
     if tacs_pvc is not None:
         results_pvc = fit(tacs_pvc, source_pvc)
         fits_pvc = results_table(results_pvc)
         metrics = metrics.merge(tidy_metrics(fits_pvc, PVC_SUFFIX), on="region", how="outer")
+        calls += results_provenance(results_pvc)
     qc["fits_not_converged"] = {m: int(sum(not r.converged for r in results[m].values()))
                                 for m in models}
     return RegionalKinetics(models=models, skipped=skipped, plasma=plasma, blood_settings=used,
                             delay_fit=delay_fit, results=results, fits=fits,
                             curves=curves_table(results, tacs), metrics=metrics,
-                            results_pvc=results_pvc, fits_pvc=fits_pvc, qc=qc, flags=flags)
+                            results_pvc=results_pvc, fits_pvc=fits_pvc, qc=qc, flags=flags,
+                            provenance=merge_calls(calls))

@@ -13,6 +13,7 @@ import numpy as np
 
 from gliaflow.pipeline.kinetics.base import FitResult, FrameAverager, Frames, aic
 from gliaflow.pipeline.numerics import exp_conv
+from gliaflow.pipeline.provenance import STEP_KINETICS, library_call
 
 __all__ = ["reference_on_grid", "fit_srtm", "fit_mrtm", "fit_mrtm2"]
 
@@ -63,7 +64,9 @@ def fit_srtm(frames: Frames, tac_bqml, ref_tac_bqml, weights=None, n_basis: int 
         if ss < best[0] and coef[0] > 0:
             best = (ss, th, coef)
     if best[1] is None:
-        return FitResult.failure("srtm", names, "no basis function gave a positive R1")
+        fail = FitResult.failure("srtm", names, "no basis function gave a positive R1")
+        fail.provenance = [_lstsq(len(thetas))]
+        return fail
     ss, th, (r1, t2) = best
     k2 = t2 + r1 * th
     bp = k2 / th - 1.0
@@ -92,10 +95,16 @@ def fit_srtm(frames: Frames, tac_bqml, ref_tac_bqml, weights=None, n_basis: int 
             pass
     res = FitResult(model="srtm", params={"R1": float(r1), "k2": float(k2), "BPND": float(bp),
                                           "k2a": float(th)},
-                    se=se, fitted=f0.tolist(), wssr=ss, aic=aic(ss, n, 3), n_frames=n, n_params=3)
+                    se=se, fitted=f0.tolist(), wssr=ss, aic=aic(ss, n, 3), n_frames=n, n_params=3,
+                    provenance=[_lstsq(len(thetas))])
     if th in (thetas[0], thetas[-1]):
         res.warnings.append("k2a at an end of the basis grid")
     return res
+
+
+def _lstsq(count: int = 1):
+    """Record of ``count`` weighted linear least-squares solves (numpy.linalg.lstsq)."""
+    return library_call(STEP_KINETICS, "NumPy", "numpy.linalg.lstsq", count=count)
 
 
 def _ref_regressors(frames: Frames, tac, ref):
@@ -121,7 +130,9 @@ def fit_mrtm(frames: Frames, tac_bqml, ref_tac_bqml, tstar_min: float = 0.0, wei
     g, *_ = np.linalg.lstsq(X * sw[:, None], y[use] * sw, rcond=None)
     g1, g2, g3 = g
     if not (g2 < 0 and g3 != 0):
-        return FitResult.failure("mrtm", names, "int C_T coefficient not negative")
+        fail = FitResult.failure("mrtm", names, "int C_T coefficient not negative")
+        fail.provenance = [_lstsq()]
+        return fail
     pred = X @ g
     wssr = float(np.sum(w[use] * (y[use] - pred) ** 2))
     fitted = np.full(frames.n, np.nan)
@@ -129,7 +140,7 @@ def fit_mrtm(frames: Frames, tac_bqml, ref_tac_bqml, tstar_min: float = 0.0, wei
     return FitResult(model="mrtm", params={"BPND": float(-(g1 / g2 + 1)),
                                            "k2prime": float(g1 / g3 * 60.0)},
                      fitted=fitted.tolist(), wssr=wssr, aic=aic(wssr, int(use.sum()), 3),
-                     n_frames=int(use.sum()), n_params=3)
+                     n_frames=int(use.sum()), n_params=3, provenance=[_lstsq()])
 
 
 def fit_mrtm2(frames: Frames, tac_bqml, ref_tac_bqml, k2prime_per_min: float, tstar_min: float = 0.0,
@@ -154,7 +165,9 @@ def fit_mrtm2(frames: Frames, tac_bqml, ref_tac_bqml, k2prime_per_min: float, ts
     g, *_ = np.linalg.lstsq(Xw, y[use] * sw, rcond=None)
     g1, g2 = g
     if not g2 < 0:
-        return FitResult.failure("mrtm2", names, "int C_T coefficient not negative")
+        fail = FitResult.failure("mrtm2", names, "int C_T coefficient not negative")
+        fail.provenance = [_lstsq()]
+        return fail
     pred = X @ g
     wssr = float(np.sum(w[use] * (y[use] - pred) ** 2))
     n = int(use.sum())
@@ -168,4 +181,4 @@ def fit_mrtm2(frames: Frames, tac_bqml, ref_tac_bqml, k2prime_per_min: float, ts
     return FitResult(model="mrtm2", params={"BPND": float(-(g1 / g2 + 1)),
                                             "k2prime": float(k2prime_per_min)},
                      se=se, fitted=fitted.tolist(), wssr=wssr, aic=aic(wssr, n, 2), n_frames=n,
-                     n_params=2)
+                     n_params=2, provenance=[_lstsq()])

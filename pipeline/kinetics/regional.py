@@ -21,9 +21,20 @@ from gliaflow.pipeline.kinetics.graphical import fit_logan, fit_ma1
 from gliaflow.pipeline.kinetics.names import PLASMA_MODELS, REFERENCE_MODELS
 from gliaflow.pipeline.kinetics.reftissue import fit_mrtm, fit_mrtm2, fit_srtm
 from gliaflow.pipeline.kinetics.suv import fit_suv, fit_suvr
+from gliaflow.pipeline.provenance import STEP_KINETICS, ToolCall, gliaflow_call, merge_calls
 
 __all__ = ["split_tac_table", "table_weights", "fit_regional_results", "fit_regional", "results_table",
-           "PLASMA_MODELS", "REFERENCE_MODELS"]
+           "results_provenance", "PLASMA_MODELS", "REFERENCE_MODELS", "MODEL_INTERFACES"]
+
+# model -> the gliaflow function that fits it (the interface of its provenance record)
+_K = "gliaflow.pipeline.kinetics."
+MODEL_INTERFACES = {
+    "suv": _K + "suv.fit_suv", "suvr": _K + "suv.fit_suvr",
+    "1tcm": _K + "compartment.fit_tcm(n_tissue=1)", "2tcm": _K + "compartment.fit_tcm(n_tissue=2)",
+    "logan": _K + "graphical.fit_logan", "ma1": _K + "graphical.fit_ma1",
+    "srtm": _K + "reftissue.fit_srtm", "mrtm2": _K + "reftissue.fit_mrtm2",
+    "mrtm": _K + "reftissue.fit_mrtm",
+}
 
 
 def split_tac_table(tacs: pd.DataFrame, source: str = "TAC table") -> tuple[Frames, pd.DataFrame]:
@@ -71,20 +82,25 @@ def table_weights(tacs: pd.DataFrame) -> np.ndarray | None:
     return pd.to_numeric(tacs["weights"], errors="coerce").to_numpy(float)[keep]
 
 
-def _k2prime(frames, tacs: pd.DataFrame, ref: np.ndarray, s: KineticsSettings, w) -> tuple[float, str]:
+def _k2prime(frames, tacs: pd.DataFrame, ref: np.ndarray, s: KineticsSettings, w
+             ) -> tuple[float, str, list[ToolCall]]:
+    """k2' (1/min) for MRTM2: given, or the median of MRTM fits; with how it was obtained and the
+    records of the fits that ran."""
     if s.k2prime_per_min:
-        return s.k2prime_per_min, "given"
+        return s.k2prime_per_min, "given", []
+    calls: list[ToolCall] = []
     names = [s.k2prime_region] if s.k2prime_region else [c for c in tacs.columns if c != s.reference_region]
     vals = []
     for n in names:
         if n not in tacs.columns:
             raise ModelError(f"k2prime_region {n!r} is not a column of the TAC table", field="k2prime_region")
         r = fit_mrtm(frames, tacs[n].to_numpy(float), ref, weights=w)
+        calls += [gliaflow_call(STEP_KINETICS, MODEL_INTERFACES["mrtm"])] + r.provenance
         if r.converged and r.params["k2prime"] > 0:
             vals.append(r.params["k2prime"])
     if not vals:
-        return float("nan"), "MRTM failed for every region"
-    return float(np.median(vals)), f"MRTM on {', '.join(names)}"
+        return float("nan"), "MRTM failed for every region", calls
+    return float(np.median(vals)), f"MRTM on {', '.join(names)}", calls
 
 
 def fit_regional_results(tacs: pd.DataFrame, plasma: PlasmaInput | None = None,
@@ -165,14 +181,24 @@ def fit_regional_results(tacs: pd.DataFrame, plasma: PlasmaInput | None = None,
             elif m == "srtm":
                 r = fit_srtm(frames, y, ref, w)
             elif m == "mrtm2":
+                k2p_calls: list[ToolCall] = []
                 if k2p is None:
-                    k2p = _k2prime(frames, vals, ref, s, w)
+                    *k2p, k2p_calls = _k2prime(frames, vals, ref, s, w)
                 r = fit_mrtm2(frames, y, ref, k2p[0], weights=w)
                 r.warnings.append(f"k2' {k2p[0]:.4g}/min ({k2p[1]})")
+                r.provenance = k2p_calls + r.provenance
             else:
                 raise ModelError(f"unknown model {m!r}", field="models")
+            r.provenance.insert(0, gliaflow_call(STEP_KINETICS, MODEL_INTERFACES[m]))
             out[m][reg] = r
     return out
+
+
+def results_provenance(results: dict[str, dict[str, FitResult]]) -> list[ToolCall]:
+    """What the fits of :func:`fit_regional_results` ran (gliaflow's fitting functions and the
+    library routines they called), repeated calls folded into counts."""
+    return merge_calls(c for per_region in results.values() for r in per_region.values()
+                       for c in r.provenance)
 
 
 def results_table(results: dict[str, dict[str, FitResult]], prefix: bool = True) -> pd.DataFrame:

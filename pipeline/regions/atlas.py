@@ -28,6 +28,7 @@ from gliaflow.pipeline.config import AtlasSettings
 from gliaflow.pipeline.engines import Engine, get_engine
 from gliaflow.pipeline.errors import ImageError
 from gliaflow.pipeline.io.resources import select_regions
+from gliaflow.pipeline.provenance import STEP_LABELS_PET, gliaflow_call, library_call
 
 __all__ = [
     "TISSUE_LABELS",
@@ -320,6 +321,8 @@ class SessionLabels:
         Reference regions.
     volumes_t1, volumes_pet : DataFrame
         :func:`region_volumes` (mm3) of the labels and reference regions.
+    provenance : list of ToolCall
+        gliaflow's own steps and library calls (the engine's calls are recorded by the engine).
     """
 
     def __init__(self, **kw):
@@ -362,11 +365,21 @@ def session_labels(anat, atlas, pet_ref, xfm, settings: AtlasSettings, ref_resol
     lab_pet = labels_to_pet(lab, pet_ref, xfm)
     part_pet = labels_to_pet(part, pet_ref, xfm)
     refs_pet = masks_to_pet(refs, pet_ref, xfm)
+    # t1_to_pet resamples with scipy: nearest neighbour for the two label images, linear for
+    # each reference mask
+    calls = [gliaflow_call(STEP_LABELS_PET, "gliaflow.pipeline.regions.atlas.t1_to_pet",
+                           count=2 + len(refs)),
+             library_call(STEP_LABELS_PET, "SciPy", "scipy.ndimage.affine_transform(order=0)",
+                          count=2)]
+    if refs:
+        calls.append(library_call(STEP_LABELS_PET, "SciPy",
+                                  "scipy.ndimage.affine_transform(order=1)", count=len(refs)))
     return SessionLabels(
         table=table, labels_t1=lab, labels_pet=lab_pet, partition_t1=part,
         partition_pet=part_pet, partition_table=ptable, refs_t1=refs, refs_pet=refs_pet,
         volumes_t1=region_volumes(lab, table, refs), volumes_pet=region_volumes(lab_pet, table,
-                                                                                refs_pet))
+                                                                                refs_pet),
+        provenance=calls)
 
 
 __all__ += ["SessionLabels", "session_labels"]

@@ -10,6 +10,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from gliaflow.pipeline.provenance import STEP_PVC, STEP_TACS, gliaflow_call, library_call
 from gliaflow.pipeline.regions.pvc import gtm_pvc, rbv_frames
 from gliaflow.pipeline.regions.tacs import regional_tacs, tac_sanity, write_tacs
 
@@ -51,12 +52,14 @@ def session_tacs(
     -------
     dict
         ``tacs`` / ``tacs_pvc`` (DataFrames), ``paths``, ``qc`` (:func:`tac_sanity` per table and
-        the GTM information).
+        the GTM information), ``provenance`` (ToolCall records of the extraction and the PVC).
     """
     raw = regional_tacs(pet_4d, labels.labels_pet, labels.table, frame_start_s, frame_end_s,
                         masks=labels.refs_pet, units_to_bqml=units_to_bqml)
     paths = {"tacs": write_tacs(raw, out_tsv, sources, extra={"PartialVolumeCorrection": "none"})[0]}
-    out: dict[str, Any] = {"tacs": raw, "paths": paths, "qc": {"tacs": tac_sanity(raw)}}
+    calls = [gliaflow_call(STEP_TACS, "gliaflow.pipeline.regions.tacs.regional_tacs")]
+    out: dict[str, Any] = {"tacs": raw, "paths": paths, "qc": {"tacs": tac_sanity(raw)},
+                           "provenance": calls}
     if pvc == "none":
         return out
     if out_tsv_pvc is None:
@@ -64,12 +67,17 @@ def session_tacs(
     corr, info = gtm_pvc(pet_4d, labels.partition_pet, labels.partition_table, fwhm_mm,
                          frame_start_s, frame_end_s, masks=labels.refs_pet,
                          units_to_bqml=units_to_bqml)
+    calls += info.pop("provenance")
     if pvc == "rbv":
         ptab = labels.partition_table
         vals = corr[list(ptab["name"])].to_numpy().T
-        frames = rbv_frames(pet_4d, labels.partition_pet, vals, ptab["index"].tolist(), fwhm_mm,
-                            units_to_bqml=units_to_bqml)
-        corr = regional_tacs(np.stack(list(frames), axis=-1), np.asarray(labels.labels_pet.dataobj),
+        frames = list(rbv_frames(pet_4d, labels.partition_pet, vals, ptab["index"].tolist(),
+                                 fwhm_mm, units_to_bqml=units_to_bqml))
+        # rbv_frames blurs one synthetic image per frame
+        calls += [gliaflow_call(STEP_PVC, "gliaflow.pipeline.regions.pvc.rbv_frames"),
+                  library_call(STEP_PVC, "SciPy", "scipy.ndimage.gaussian_filter", count=len(frames)),
+                  gliaflow_call(STEP_TACS, "gliaflow.pipeline.regions.tacs.regional_tacs")]
+        corr = regional_tacs(np.stack(frames, axis=-1), np.asarray(labels.labels_pet.dataobj),
                              labels.table, frame_start_s, frame_end_s,
                              masks={k: np.asarray(v.dataobj) for k, v in labels.refs_pet.items()})
         info = {**info, "method": "rbv"}

@@ -24,6 +24,7 @@ from scipy import ndimage
 from gliaflow.pipeline.config import TACSettings
 from gliaflow.pipeline.errors import ImageError
 from gliaflow.pipeline._utils import load_image
+from gliaflow.pipeline.provenance import STEP_PVC, gliaflow_call, library_call
 from gliaflow.pipeline.regions.tacs import compact_labels, iter_frames, region_index
 
 __all__ = [
@@ -175,7 +176,9 @@ def gtm_pvc(
     (tacs, info)
         ``tacs``: ``frame_start``, ``frame_end`` (s) and one corrected column per region and mask
         (Bq/mL). ``info``: ``fwhm_mm``, ``condition_number``, ``n_regions``,
-        ``empty_regions``, ``gtm_diagonal`` (per region: fraction of its signal that stays).
+        ``empty_regions``, ``gtm_diagonal`` (per region: fraction of its signal that stays),
+        ``provenance`` (records of what ran: this function, the PSF blurs of the region
+        indicators with scipy.ndimage.gaussian_filter, the numpy.linalg.solve of the GTM).
     """
     if not (np.isfinite(fwhm_mm) and fwhm_mm > 0):
         raise ImageError(f"PSF FWHM must be a positive number of mm, got {fwhm_mm!r}",
@@ -253,6 +256,9 @@ def gtm_pvc(
         "n_regions": int(present[: len(indices)].sum()),
         "empty_regions": [n for n, p in zip(names, present[: len(indices)]) if not p],
         "gtm_diagonal": {n: float(g[k, k]) for k, n in enumerate(names) if present[k]},
+        "provenance": [gliaflow_call(STEP_PVC, "gliaflow.pipeline.regions.pvc.gtm_pvc")]
+        + ([library_call(STEP_PVC, "SciPy", "scipy.ndimage.gaussian_filter", count=int(present.sum())),
+            library_call(STEP_PVC, "NumPy", "numpy.linalg.solve")] if gp.size else []),
     }
     return df, info
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import functools
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import nibabel as nib
 import numpy as np
@@ -25,7 +25,7 @@ from gliaflow.pipeline.io.derivatives import atomic_write_text
 from gliaflow.pipeline.report import figures as F
 from gliaflow.pipeline.report.html import (badge, esc, figure, flatten, guarded_section, kv_table, page, section, table,
                                           unavailable)
-from gliaflow.pipeline.report.methods import group_methods_text, methods_html
+from gliaflow.pipeline.report.methods import methods_html, methods_text, provenance_table
 
 __all__ = ["robust_z", "qc_outliers", "sessions_table", "write_cohort_dashboard", "QC_CATEGORIES"]
 
@@ -304,6 +304,8 @@ class _Cohort:
     dpi: int
     z: pd.DataFrame  # robust z per session x QC column
     reasons: dict[str, list[str]]  # session -> why it needs a look
+    provenance: list[Any] = field(default_factory=list)  # ToolCall records (or their dumps)
+    config: dict[str, Any] | None = None  # effective configuration dump
 
     @property
     def group_col(self) -> str:
@@ -475,8 +477,11 @@ def _voxelwise(c: _Cohort) -> str:
 
 
 def _methods(c: _Cohort) -> str:
-    paras, cited = group_methods_text(c.settings)
-    return methods_html(paras, cited)
+    if not c.provenance:
+        return unavailable("Methods text", "no provenance records: nothing to describe")
+    paras, cited = methods_text(c.provenance, c.config if c.config is not None else {"stats": c.settings})
+    return (methods_html(paras, cited) + "<details><summary>What ran (every recorded tool call)"
+            "</summary>" + table(provenance_table(c.provenance), max_rows=500) + "</details>")
 
 
 #: the dashboard's sections in page order: (anchor, title, navigation label, builder)
@@ -489,7 +494,7 @@ _SECTIONS: tuple[tuple[str, str, str, Callable[[_Cohort], str]], ...] = (
     ("genotype", "Metric by group and genotype", "Group × genotype", _genotype),
     ("clinical", "Clinical scores", "Clinical", _correlations),
     ("voxelwise", "Voxelwise results", "Voxelwise", _voxelwise),
-    ("methods", "Group methods", "Methods", _methods),
+    ("methods", "Methods", "Methods", _methods),
 )
 
 
@@ -500,7 +505,9 @@ def write_cohort_dashboard(out_html: str | Path, *, sessions: pd.DataFrame,
                            voxelwise: Mapping[str, Any] | None = None,
                            stats_settings: Mapping[str, Any] | None = None, dpi: int = 80,
                            alpha: float | None = None, threshold: float = 3.5,
-                           title: str = "gliaflow cohort dashboard") -> Path:
+                           title: str = "gliaflow cohort dashboard",
+                           provenance: Iterable[Any] | None = None,
+                           config: Mapping[str, Any] | None = None) -> Path:
     """Write the cohort HTML dashboard (atomically).
 
     Parameters
@@ -523,13 +530,20 @@ def write_cohort_dashboard(out_html: str | Path, *, sessions: pd.DataFrame,
     voxelwise : dict, optional
         Statistic maps and cluster tables (see :func:`_voxelwise_items`).
     stats_settings : dict, optional
-        ``StatsSettings`` dump: group/genotype column names, alpha, and the methods paragraph.
+        ``StatsSettings`` dump: group/genotype column names, alpha (and the stats settings of
+        the methods text when ``config`` is not given).
     dpi : int
         Figure resolution.
     alpha : float, optional
         Significance level for FDR-corrected p (default ``stats_settings['fdr_alpha']`` or 0.05).
     threshold : float
         Robust-z outlier threshold (3.5).
+    provenance : list of ToolCall (or their JSON dumps), optional
+        What ran: the union of the sessions' stage records and the group step's; the only
+        source of the methods text and the "What ran" table.
+    config : dict, optional
+        The effective configuration (``PipelineConfig.model_dump(mode="json")``): the settings
+        the methods text states.
 
     Returns
     -------
@@ -545,7 +559,8 @@ def write_cohort_dashboard(out_html: str | Path, *, sessions: pd.DataFrame,
     c = _Cohort(out_html=out_html, sessions=sessions, reg=reg, sreg=_read(stats_regional),
                 scor=_read(stats_correlation), voxelwise=voxelwise, settings=st,
                 alpha=float(alpha if alpha is not None else st.get("fdr_alpha", 0.05)),
-                threshold=threshold, dpi=dpi, z=z, reasons=reasons)
+                threshold=threshold, dpi=dpi, z=z, reasons=reasons, provenance=list(provenance or []),
+                config=dict(config) if config is not None else None)
     warns: list[str] = []
     body = "".join(guarded_section(anchor, name, functools.partial(build, c), warns)
                    for anchor, name, _, build in _SECTIONS)

@@ -17,7 +17,7 @@ from scipy import ndimage
 
 from gliaflow.pipeline.io.derivatives import atomic_write_json, atomic_write_text, save_nifti, write_tsv
 
-__all__ = ["sample_session", "sample_cohort", "SAMPLE_SIDECAR", "REGIONS"]
+__all__ = ["sample_session", "sample_cohort", "sample_provenance", "SAMPLE_SIDECAR", "REGIONS"]
 
 REGIONS = ["frontal", "parietal", "cingulate", "thalamus", "occipital_cortex", "cerebellum_gm"]
 
@@ -28,6 +28,41 @@ SAMPLE_SIDECAR: dict[str, Any] = {
     "FrameDuration": [30, 30, 60, 120, 180, 180, 300, 300, 600, 600, 600, 600, 600, 600, 600],
     "ImageDecayCorrected": True,
 }
+
+_ANTS = ("ANTs", "ANTsPy 0.6.3")
+_SCIPY = ("SciPy", "1.13.1")
+
+# (step, (tool, version) or None for gliaflow, interface, count) of an ANTs-engine session
+_SAMPLE_CALLS = [
+    ("bias correction", _ANTS, "ants.n4_bias_field_correction", 1),
+    ("template normalization", _ANTS, "ants.registration(type_of_transform='Affine')", 1),
+    ("template normalization", _ANTS, "ants.registration(type_of_transform='SyNOnly')", 1),
+    ("tissue segmentation", _ANTS, "ants.atropos(i='PriorProbabilityImages')", 1),
+    ("frame realignment", _ANTS, "ants.registration(type_of_transform='Rigid', aff_metric='mattes')", 11),
+    ("frame realignment", _ANTS, "ants.apply_transforms(interpolator='linear')", 15),
+    ("PET-to-T1w registration", _ANTS, "ants.registration(type_of_transform='Rigid', aff_metric='mattes')", 5),
+    ("atlas to T1w", _ANTS, "ants.apply_transforms(interpolator='genericLabel')", 1),
+    ("labels to PET", _SCIPY, "scipy.ndimage.affine_transform(order=0)", 2),
+    ("regional TACs", None, "gliaflow.pipeline.regions.tacs.regional_tacs", 1),
+    ("partial-volume correction", None, "gliaflow.pipeline.regions.pvc.gtm_pvc", 1),
+    ("partial-volume correction", _SCIPY, "scipy.ndimage.gaussian_filter", 9),
+    ("plasma input", None, "gliaflow.pipeline.blood.input.plasma_input_from_tables", 1),
+    ("regional kinetic modelling", None, "gliaflow.pipeline.kinetics.compartment.fit_tcm(n_tissue=2)", 6),
+    ("regional kinetic modelling", _SCIPY, "scipy.optimize.least_squares(method='trf')", 24),
+    ("regional kinetic modelling", None, "gliaflow.pipeline.kinetics.graphical.fit_logan", 6),
+]
+
+
+def sample_provenance() -> list:
+    """Provenance records of an ANTs-engine session with GTM PVC, 2TCM and Logan fits (sample
+    data in the form the stages return, for the report previews and tests)."""
+    from gliaflow.pipeline import __version__
+    from gliaflow.pipeline.provenance import ToolCall
+
+    return [ToolCall(step=step, tool=tv[0] if tv else "gliaflow", version=tv[1] if tv else __version__,
+                     interface=interface, count=count)
+            for step, tv, interface, count in _SAMPLE_CALLS]
+
 
 _ITK_RIGID = """#Insight Transform File V1.0
 #Transform 0
@@ -280,9 +315,11 @@ if __name__ == "__main__":  # preview: python -m gliaflow.pipeline.report.sample
     outs = sample_session(dest / "sub-01")
     write_session_report(dest / "sub-01_ses-baseline_report.html", session_id="sub-01_ses-baseline",
                          sidecar=SAMPLE_SIDECAR, outputs=outs, qc={"mean_fd_mm": 0.3}, flags=[],
-                         config=PipelineConfig().model_dump(mode="json"), errors=[])
+                         config=PipelineConfig().model_dump(mode="json"), errors=[],
+                         provenance=sample_provenance())
     c = sample_cohort()
     write_cohort_dashboard(dest / "dashboard.html", sessions=c["sessions"], regional=c["regional"],
                            stats_regional=c["stats_regional"], stats_correlation=c["stats_correlation"],
-                           voxelwise=sample_voxelwise(dest))
+                           voxelwise=sample_voxelwise(dest), provenance=sample_provenance(),
+                           config=PipelineConfig().model_dump(mode="json"))
     print(dest)

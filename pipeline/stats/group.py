@@ -31,6 +31,9 @@ from gliaflow.pipeline.config import StatsSettings
 from gliaflow.pipeline.io.derivatives import Derivatives, atomic_write_json, save_nifti, write_tsv
 from gliaflow.pipeline.errors import StatsError
 from gliaflow.pipeline._utils import camel_case, participant_label
+from gliaflow.pipeline.provenance import (STEP_GROUP_CORRELATION, STEP_GROUP_REGIONAL,
+                                          STEP_GROUP_VOXELWISE, ToolCall, gliaflow_call,
+                                          library_call)
 from gliaflow.pipeline.stats.design import Design, build_design, contrast_vector, subject_table
 from gliaflow.pipeline.stats.regional import regional_correlations, regional_group_stats
 from gliaflow.pipeline.stats.voxelwise import (cluster_table, describe_screen, load_maps, permutation_glm,
@@ -42,6 +45,7 @@ __all__ = [
     "write_group_outputs",
     "run_group_stats",
     "read_regional",
+    "group_provenance",
 ]
 
 log = logging.getLogger(__name__)
@@ -283,6 +287,59 @@ def write_group_outputs(out_dir: str | Path, regional: pd.DataFrame | None = Non
     return written
 
 
+_S = "gliaflow.pipeline.stats."
+
+
+def group_provenance(regional: pd.DataFrame, correlation: pd.DataFrame | None,
+                     voxelwise: dict[str, VoxelwiseResult], settings: StatsSettings) -> list[ToolCall]:
+    """Records of what :func:`run_group_stats` ran, from the tables it produced.
+
+    Counts: gliaflow functions, linear solves and smoothing filters per call; for the t and
+    noncentral t distributions the tests that used them, for scipy.ndimage.label (cluster
+    labelling inside the permutation loop) the voxelwise analyses that used it. The screen of
+    untestable regions and voxels (:func:`~gliaflow.pipeline.stats.voxelwise.screen_columns`)
+    is counted once per metric (regional) and per voxelwise analysis.
+    """
+    calls: list[ToolCall] = []
+    n_fit = int(regional["t"].notna().sum()) if len(regional) else 0
+    if n_fit:
+        calls += [gliaflow_call(STEP_GROUP_REGIONAL, _S + "design.fit_ols", count=n_fit),
+                  library_call(STEP_GROUP_REGIONAL, "NumPy", "numpy.linalg.inv", count=n_fit),
+                  library_call(STEP_GROUP_REGIONAL, "SciPy", "scipy.stats.t", count=n_fit),
+                  gliaflow_call(STEP_GROUP_REGIONAL, _S + "regional.hedges_g_ci", count=n_fit),
+                  library_call(STEP_GROUP_REGIONAL, "SciPy", "scipy.optimize.brentq(scipy.stats.nct.cdf)",
+                               count=2 * n_fit)]
+    n_metrics = int(regional["metric"].nunique()) if len(regional) else 0
+    if n_metrics:
+        calls += [gliaflow_call(STEP_GROUP_REGIONAL, _S + "voxelwise.screen_columns", count=n_metrics),
+                  gliaflow_call(STEP_GROUP_REGIONAL, _S + "design.fdr_bh", count=n_metrics)]
+        n_perm = int(regional.groupby("metric")["p_fwer_perm"].apply(lambda v: v.notna().any()).sum())
+        if n_perm:
+            calls.append(gliaflow_call(STEP_GROUP_REGIONAL, _S + "voxelwise.permutation_glm"
+                                       f"(n_permutations={settings.n_permutations})", count=n_perm))
+    if correlation is not None and len(correlation):
+        n = len(correlation)
+        calls += [gliaflow_call(STEP_GROUP_CORRELATION, _S + "regional.partial_correlation", count=n),
+                  library_call(STEP_GROUP_CORRELATION, "NumPy", "numpy.linalg.lstsq", count=2 * n)]
+        n_p = int(correlation["p"].notna().sum())
+        if n_p:
+            calls.append(library_call(STEP_GROUP_CORRELATION, "SciPy", "scipy.stats.t", count=n_p))
+    if voxelwise:
+        n = len(voxelwise)
+        calls += [gliaflow_call(STEP_GROUP_VOXELWISE, _S + "group.voxelwise_group_stats", count=n),
+                  gliaflow_call(STEP_GROUP_VOXELWISE, _S + "voxelwise.screen_columns", count=n),
+                  gliaflow_call(STEP_GROUP_VOXELWISE, _S + "voxelwise.permutation_glm"
+                                f"(n_permutations={settings.n_permutations}, tfce={settings.tfce})",
+                                count=n),
+                  gliaflow_call(STEP_GROUP_VOXELWISE, _S + "voxelwise.cluster_table", count=n),
+                  library_call(STEP_GROUP_VOXELWISE, "SciPy", "scipy.ndimage.label", count=n)]
+        if settings.smoothing_fwhm_mm and settings.smoothing_fwhm_mm > 0:
+            n_maps = sum(int(v["summary"]["n"]) for v in voxelwise.values())
+            calls.append(library_call(STEP_GROUP_VOXELWISE, "SciPy", "scipy.ndimage.gaussian_filter",
+                                      count=2 * n_maps))  # masked smoothing: map and mask
+    return calls
+
+
 def run_group_stats(regional_tsv: str | Path, out_dir: str | Path, settings: StatsSettings,
                     maps: dict[str, list[tuple[str, Path]]] | None = None, mask: str | Path | None = None,
                     atlas=None, participants: str | Path | pd.DataFrame | None = None) -> dict:
@@ -310,11 +367,12 @@ def run_group_stats(regional_tsv: str | Path, out_dir: str | Path, settings: Sta
 
     Returns
     -------
-    dict with ``paths`` (name -> Path) and ``summary`` (small JSON-able dict; ``warnings`` lists
+    dict with ``paths`` (name -> Path), ``summary`` (small JSON-able dict; ``warnings`` lists
     steps skipped, e.g. a clinical score absent from the table: the correlation table is then
     not written, the group comparison still is; ``regions_not_tested`` maps metric -> region ->
     reason, e.g. ``constant`` for a reference region's SUVR; each voxelwise metric's
-    ``n_voxels_excluded`` counts the voxels left out by reason).
+    ``n_voxels_excluded`` counts the voxels left out by reason) and ``provenance`` (ToolCall
+    records of what ran, :func:`group_provenance`).
 
     Raises
     ------
@@ -362,4 +420,5 @@ def run_group_stats(regional_tsv: str | Path, out_dir: str | Path, settings: Sta
         "warnings": warnings,
     }
     paths["summary"] = atomic_write_json(gdir / "stats_summary.json", summary)
-    return {"paths": paths, "summary": summary}
+    return {"paths": paths, "summary": summary,
+            "provenance": group_provenance(reg, corr, vox, settings)}

@@ -114,7 +114,8 @@ def site(tmp_path_factory):
     """Two session reports (one complete, one failed half-way) and the dashboard linking them."""
     from gliaflow.pipeline.config import PipelineConfig
     from gliaflow.pipeline.report.dashboard import write_cohort_dashboard
-    from gliaflow.pipeline.report.sample import SAMPLE_SIDECAR, sample_cohort, sample_session, sample_voxelwise
+    from gliaflow.pipeline.report.sample import (SAMPLE_SIDECAR, sample_cohort, sample_provenance,
+                                                 sample_session, sample_voxelwise)
     from gliaflow.pipeline.report.session_report import write_session_report
 
     root = tmp_path_factory.mktemp("site")
@@ -122,7 +123,7 @@ def site(tmp_path_factory):
     outs = sample_session(root / "sub-01" / "pet")
     write_session_report(root / "sub-01" / "sub-01_ses-baseline_report.html", session_id="sub-01_ses-baseline",
                          sidecar=SAMPLE_SIDECAR, outputs=outs, qc={"mean_fd_mm": 0.31}, flags=[],
-                         config=cfg, errors=[])
+                         config=cfg, errors=[], provenance=sample_provenance())
     partial = {k: outs[k] for k in ("t1w_preproc", "dseg", "motion_tsv")}
     write_session_report(root / "sub-02" / "sub-02_ses-baseline_report.html", session_id="sub-02_ses-baseline",
                          sidecar=SAMPLE_SIDECAR, outputs=partial, qc={}, flags=["coreg_suspect"],
@@ -134,7 +135,8 @@ def site(tmp_path_factory):
     sess.loc[1, "report"] = str(root / "sub-02" / "sub-02_ses-baseline_report.html")  # absolute works too
     write_cohort_dashboard(root / "dashboard.html", sessions=sess, regional=c["regional"],
                            stats_regional=c["stats_regional"], stats_correlation=c["stats_correlation"],
-                           voxelwise=sample_voxelwise(root / "group"))
+                           voxelwise=sample_voxelwise(root / "group"), provenance=sample_provenance(),
+                           config=cfg)
     return root
 
 

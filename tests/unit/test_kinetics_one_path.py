@@ -173,3 +173,25 @@ def test_delay_region_must_be_a_column(session, tmp_path, capsys):
     assert main(args + ["--delay-region", "frontal"]) == 0
     meta = json.loads((tmp_path / "x.json").read_text())
     assert meta["Blood"]["delay_s"] == reg.plasma.delay_s
+
+
+def test_stage_returns_what_the_fits_and_the_plasma_input_ran(session, tmp_path):
+    """quantify_regional carries the plasma input's and the fits' records (with and without
+    PVC); the stage returns them."""
+    from gliaflow.pipeline.provenance import STEP_DELAY, STEP_KINETICS, STEP_PLASMA
+
+    spec, tac_tsv, pvc_tsv, _ = session
+    tacs = read(tac_tsv)
+    reg = quantify_regional(tacs, spec.blood, BloodSettings(delay="fit"), KineticsSettings(models=["1tcm"]),
+                            tacs_pvc=read(pvc_tsv))
+    by = {(c.step, c.interface): c for c in reg.provenance}
+    n_regions = len(REGIONS)
+    fit = by[(STEP_KINETICS, "gliaflow.pipeline.kinetics.compartment.fit_tcm(n_tissue=1)")]
+    assert fit.count == 2 * n_regions  # without and with PVC
+    assert (STEP_PLASMA, "gliaflow.pipeline.blood.input.plasma_input_from_tables") in by
+    assert (STEP_DELAY, "scipy.optimize.nnls") in by
+    assert by[(STEP_KINETICS, "scipy.optimize.least_squares(method='trf')")].tool == "SciPy"
+    res = run_stage(spec, tmp_path, {"tacs": tac_tsv}, models=["1tcm"])
+    assert {(c.step, c.interface) for c in res.provenance} >= {
+        (STEP_PLASMA, "gliaflow.pipeline.blood.input.plasma_input_from_tables"),
+        (STEP_KINETICS, "gliaflow.pipeline.kinetics.compartment.fit_tcm(n_tissue=1)")}

@@ -10,8 +10,12 @@ import pytest
 from gliaflow.pipeline.config import PipelineConfig
 from gliaflow.pipeline.report.dashboard import qc_outliers, robust_z
 from gliaflow.pipeline.report.html import figure, kv_table, page, table
-from gliaflow.pipeline.report.methods import (REFERENCES, group_methods_text, methods_html, methods_text,
-                                              stages_from_outputs, tool_versions)
+from gliaflow.pipeline.kinetics.regional import MODEL_INTERFACES
+from gliaflow.pipeline.provenance import (STEP_GROUP_REGIONAL, STEP_GROUP_VOXELWISE, STEP_KINETICS,
+                                          STEP_PVC, ToolCall)
+from gliaflow.pipeline import __version__
+from gliaflow.pipeline.report.methods import methods_html, methods_text, provenance_table
+from gliaflow.pipeline.report.sample import sample_provenance
 
 
 def test_table_and_page_escape_text_and_load_nothing_external():
@@ -30,10 +34,7 @@ def test_figure_embeds_png_as_data_uri():
     assert 'alt="alt &lt;text&gt;"' in html
 
 
-def test_stages_from_outputs():
-    assert stages_from_outputs({"motion_tsv": 1, "tacs": 1}) == ["pet_motion", "labels_tacs"]
-    assert stages_from_outputs({"map_suvr": 1}) == ["kinetics"]
-    assert stages_from_outputs({}) == []
+ANTSPY = "ANTsPy 0.6.3"
 
 
 def _numbers(paragraphs):
@@ -41,46 +42,76 @@ def _numbers(paragraphs):
             for n in group.split(",")]
 
 
-def test_methods_follow_what_ran_and_the_settings():
-    cfg = PipelineConfig()
-    cfg.kinetics.tstar_min = 25
-    cfg.tacs.pvc = "none"
-    cfg.motion.fd_radius_mm = 65
-    paras, cited = methods_text(cfg.model_dump(mode="json"), ["pet_motion", "labels_tacs", "kinetics"],
-                                tracer="[11C]PBR28", versions={"gliaflow": "9.9", "ANTsPy": "0.6.3"})
+def _calls(*rows):
+    """ToolCall records given as data (step, tool, version, interface[, command])."""
+    return [ToolCall(step=r[0], tool=r[1], version=r[2], interface=r[3],
+                     command=r[4] if len(r) > 4 else None) for r in rows]
+
+
+def test_methods_from_ants_records_name_only_what_ran():
+    paras, cited = methods_text(sample_provenance(), PipelineConfig().model_dump(mode="json"),
+                                tracer="[18F]DPA-714")
     text = " ".join(paras)
-    assert "gliaflow 9.9" in text and "ANTsPy 0.6.3" in text
-    assert "t* = 25 min" in text and "radius 65 mm" in text
-    assert "No partial-volume correction" in text and "rousset1998" not in cited
-    assert "Atropos" not in text and "avants2011" not in cited  # anat did not run
-    assert {"logan1990", "ichise2002", "feng1993", "albrecht2019", "power2012"} <= set(cited)
+    assert f"gliaflow {__version__}" in text and "ANTs (ANTsPy 0.6.3)" in text and "SciPy 1.13.1" in text
+    assert "N4" in text and "Atropos" in text and "SyN" in text
+    assert {"tustison2010", "avants2011", "avants2008", "avants2011metric", "tustison2021",
+            "rousset1998", "logan1990", "virtanen2020"} <= set(cited)
+    for absent in ("Nipype", "FSL", "statsmodels", "NiBabel", "Nilearn", "Prefect", "Dask", "NumPy"):
+        assert absent not in text, absent
+    assert not {"gorgolewski2011", "jenkinson2012", "harris2020", "feng1993"} & set(cited)
+    assert "geometric transfer matrix" in text and "2TCM" in text and "Logan" in text
+    assert "MA1" not in text and "SRTM" not in text  # models that did not run
+    assert "albrecht2019" not in cited  # not a PBR28 study
     # citation numbers are 1..n in order of first use, one reference per number
     nums = _numbers(paras)
-    assert sorted(set(nums)) == list(range(1, len(cited) + 1))
-    assert nums[0] == 1
+    assert list(dict.fromkeys(nums)) == list(range(1, len(cited) + 1))
     html = methods_html(paras, cited)
     assert html.count("<li>") == len(cited)
-    assert REFERENCES["albrecht2019"].split(".")[0] in html
 
 
-def test_methods_full_run_cites_registration_and_segmentation():
+def test_methods_cite_fsl_and_nipype_only_when_they_ran():
+    cmd = "mcflirt -in /w/pet.nii.gz -reffile /w/ref.nii.gz -mats -plots"
+    calls = _calls(("frame realignment", "FSL", "6.0.7.9", "nipype.interfaces.fsl.MCFLIRT", cmd),
+                   ("frame realignment", "Nipype", "1.8.6", "nipype.interfaces.fsl.MCFLIRT"),
+                   ("PET-to-T1w registration", "ANTs", ANTSPY,
+                    "ants.registration(type_of_transform='Rigid', aff_metric='mattes')"))
+    paras, cited = methods_text(calls, {})
+    text = " ".join(paras)
+    assert "MCFLIRT" in text and "FSL 6.0.7.9" in text and "Nipype 1.8.6" in text
+    assert {"jenkinson2002", "jenkinson2012", "gorgolewski2011", "avants2011metric"} <= set(cited)
+    assert "Atropos" not in text and "avants2011" not in cited  # anat did not run
+    table = provenance_table(calls)
+    assert list(table.columns) == ["step", "tool", "version", "interface", "count", "command"]
+    assert table.loc[table["tool"] == "FSL", "command"].item() == cmd
+    # a Nipype interface without a Nipype record still cites Nipype, without a version
+    paras, cited = methods_text(calls[:1], {})
+    assert "gorgolewski2011" in cited and "Software that ran: FSL 6.0.7.9 [" in paras[-1]
+
+
+def test_methods_follow_the_settings_of_the_recorded_steps():
+    cfg = PipelineConfig()
+    cfg.kinetics.tstar_min = 25
+    cfg.motion.fd_radius_mm = 65
+    calls = [c for c in sample_provenance() if c.step != STEP_PVC] + _calls(
+        (STEP_KINETICS, "gliaflow", "9.9", MODEL_INTERFACES["ma1"]))
+    paras, cited = methods_text(calls, cfg.model_dump(mode="json"), tracer="[11C]PBR28")
+    text = " ".join(paras)
+    assert "t* = 25 min" in text and "radius 65 mm" in text
+    assert "No partial-volume correction" in text and "rousset1998" not in cited
+    assert {"ichise2002", "albrecht2019", "power2012"} <= set(cited)
+    assert methods_text([], cfg.model_dump(mode="json")) == ([], [])
+
+
+def test_group_methods_from_group_records():
     cfg = PipelineConfig().model_dump(mode="json")
-    paras, cited = methods_text(cfg, ["anat", "pet_motion", "coreg", "labels_tacs", "kinetics"],
-                                tracer="[18F]DPA-714")
-    assert {"tustison2010", "avants2011", "avants2008", "rousset1998"} <= set(cited)
-    assert "albrecht2019" not in cited  # not a PBR28 study
-    assert "geometric transfer matrix" in " ".join(paras)
-    gparas, gcited = group_methods_text(cfg["stats"])
-    assert "benjamini1995" in gcited and "hedges1981" in gcited and "smith2009" in gcited
-
-
-def test_tool_versions_reads_installed_distributions():
-    v = tool_versions()
-    import nibabel
-    import numpy
-
-    assert v["NiBabel"] == nibabel.__version__ and v["NumPy"] == numpy.__version__
-    assert "gliaflow" in v
+    calls = _calls((STEP_GROUP_REGIONAL, "gliaflow", "9.9", "gliaflow.pipeline.stats.design.fit_ols"),
+                   (STEP_GROUP_VOXELWISE, "gliaflow", "9.9",
+                    "gliaflow.pipeline.stats.voxelwise.permutation_glm(n_permutations=1000, tfce=True)"))
+    paras, cited = methods_text(calls, cfg)
+    assert {"benjamini1995", "hedges1981", "smith2009", "winkler2014"} <= set(cited)
+    assert "Partial correlations" not in " ".join(paras)  # no correlation record
+    paras, cited = methods_text(calls[:1], cfg)
+    assert "smith2009" not in cited and "Voxelwise" not in " ".join(paras)
 
 
 def test_robust_z_matches_definition():
@@ -134,3 +165,39 @@ def test_qc_outliers_without_qc_columns(status):
     z, reasons = qc_outliers(s)
     assert z.shape == (1, 0)
     assert reasons == {"a": [], "b": [f"{status}: why"]}
+
+
+def _fsl_records():
+    """Records as the FSL engine writes them: FSL with the binary and its command line, and the
+    Nipype interface that ran it."""
+    rows = [("frame realignment", "mcflirt", "MCFLIRT", "mcflirt -in frames.nii.gz -reffile ref.nii.gz -mats"),
+            ("PET-to-T1w registration", "flirt", "FLIRT", "flirt -in pet.nii.gz -ref t1.nii.gz -dof 6"),
+            ("brain extraction", "bet", "BET", "bet t1.nii.gz t1_brain.nii.gz -R -m"),
+            ("tissue segmentation", "fast", "FAST", "fast -t 1 -n 3 t1_brain.nii.gz"),
+            ("template normalization", "fnirt", "FNIRT", "fnirt --in=t1.nii.gz --ref=mni.nii.gz")]
+    calls = []
+    for step, binary, iface, cmd in rows:
+        calls += _calls((step, "FSL", "6.0.7.9", binary, cmd),
+                        (step, "Nipype", "1.8.6", f"nipype.interfaces.fsl.{iface}"))
+    return calls
+
+
+def test_methods_cite_fsl_tools_and_nipype_from_engine_records():
+    paras, cited = methods_text(_fsl_records(), PipelineConfig().model_dump(mode="json"))
+    text = " ".join(paras)
+    assert {"jenkinson2012", "jenkinson2002", "smith2002", "zhang2001", "andersson2007",
+            "gorgolewski2011"} <= set(cited)
+    for name in ("MCFLIRT", "FLIRT", "BET", "FAST", "FNIRT"):
+        assert f"{name} [" in text
+    # the Nipype record is said as the wrapper, not as a method of its own
+    assert "through Nipype 1.8.6" in text and "nipype.interfaces.fsl" not in text
+    # without FNIRT records, no FNIRT citation
+    _, cited = methods_text(_fsl_records()[:8], {})
+    assert "andersson2007" not in cited and "zhang2001" in cited
+
+
+def test_what_ran_table_shows_fsl_command_lines():
+    df = provenance_table(_fsl_records())
+    fsl = df[df["tool"] == "FSL"].set_index("interface")
+    assert fsl.loc["mcflirt", "command"].startswith("mcflirt -in frames.nii.gz")
+    assert (df[df["tool"] == "Nipype"]["command"] == "").all()

@@ -15,7 +15,16 @@ import pytest  # noqa: E402
 
 from gliaflow.pipeline.io.derivatives import write_tsv  # noqa: E402
 from gliaflow.pipeline.report.dashboard import sessions_table, write_cohort_dashboard  # noqa: E402
-from gliaflow.pipeline.report.sample import sample_cohort, sample_voxelwise  # noqa: E402
+from gliaflow.pipeline.report.sample import sample_cohort, sample_provenance, sample_voxelwise  # noqa: E402
+
+from test_report import _calls  # noqa: E402  (records as data)
+
+GROUP_RECORDS = _calls(
+    ("regional group comparison", "gliaflow", "9.9", "gliaflow.pipeline.stats.design.fit_ols"),
+    ("regional group comparison", "SciPy", "1.13.1", "scipy.stats.t"),
+    ("clinical correlation", "gliaflow", "9.9", "gliaflow.pipeline.stats.regional.partial_correlation"),
+    ("voxelwise group comparison", "gliaflow", "9.9",
+     "gliaflow.pipeline.stats.voxelwise.permutation_glm(n_permutations=1000, tfce=True)"))
 
 
 def _section(html: str, anchor: str) -> str:
@@ -51,7 +60,8 @@ def dashboard(cohort, tmp_path_factory):
                                  stats_regional=cohort["stats_regional"],
                                  stats_correlation=cohort["stats_correlation"],
                                  voxelwise=sample_voxelwise(root / "group"), dpi=50,
-                                 stats_settings={"fdr_alpha": 0.05, "group_column": "group"})
+                                 stats_settings={"fdr_alpha": 0.05, "group_column": "group"},
+                                 provenance=sample_provenance() + GROUP_RECORDS)
     return out, out.read_text(), sess
 
 
@@ -99,14 +109,19 @@ def test_figures_and_tables(dashboard):
     assert "Frontal Pole" in _section(html, "voxelwise")
     assert "not available" not in html
     assert not re.search(r'(src|href)="(https?:)?//', html)
-    assert "Benjamini" in _section(html, "methods")
+    methods = _section(html, "methods")
+    # the cohort's methods: the sessions' steps and the group step's, from the union of records
+    assert "Benjamini" in methods and "N4" in methods and "Partial correlations" in methods
+    assert "threshold-free cluster enhancement" in methods and "Smith SM, Nichols TE" in methods
+    assert "Nipype" not in methods and "statsmodels" not in methods
+    assert "partial_correlation" in methods  # the What ran table
 
 
 def test_minimal_inputs_and_group_step_layout(cohort, tmp_path):
     # only a ledger: every group section says not available, nothing crashes
     sess = pd.DataFrame({"session_id": ["a", "b"], "status": ["done", "failed"], "error": ["", "x"]})
     html = write_cohort_dashboard(tmp_path / "d1.html", sessions=sess).read_text()
-    for anchor in ("effects", "genotype", "clinical", "voxelwise"):
+    for anchor in ("effects", "genotype", "clinical", "voxelwise", "methods"):
         assert "not available" in _section(html, anchor)
     assert "<b>b</b>: failed: x" in html
     # tables as TSV paths and the flat voxelwise mapping written by pipeline.stats

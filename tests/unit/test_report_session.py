@@ -19,11 +19,11 @@ import pytest  # noqa: E402
 
 from gliaflow.pipeline.config import PipelineConfig  # noqa: E402
 from gliaflow.pipeline.report import figures as F  # noqa: E402
-from gliaflow.pipeline.report.sample import SAMPLE_SIDECAR, sample_session  # noqa: E402
+from gliaflow.pipeline.report.sample import SAMPLE_SIDECAR, sample_provenance, sample_session  # noqa: E402
 from gliaflow.pipeline.report.session_report import reference_masks, write_session_report  # noqa: E402
 
 SECTIONS = ["summary", "qc", "motion", "coreg", "segmentation", "atlas", "refmasks", "tacs", "fits",
-            "metrics", "maps", "methods", "errors"]
+            "metrics", "maps", "provenance", "methods", "errors"]
 
 
 def _images(html: str) -> list[np.ndarray]:
@@ -52,7 +52,8 @@ def full_report(outputs, tmp_path_factory):
     path = write_session_report(out, session_id="sub-01_ses-baseline", sidecar=SAMPLE_SIDECAR,
                                 outputs=outputs, qc={"mean_fd_mm": 0.31, "anat": {"gm_mm3": 6.1e5}},
                                 flags=["coreg_suspect"], config=cfg.model_dump(mode="json"),
-                                errors=[], warnings=["tacs: <region> small"])
+                                errors=[], warnings=["tacs: <region> small"],
+                                provenance=[c.model_dump() for c in sample_provenance()])
     return path, path.read_text()
 
 
@@ -92,7 +93,11 @@ def test_full_report_content(full_report, outputs):
     assert "whole_brain (mL)" in refs and "cerebellum_gm (mL)" in refs
     methods = _section(html, "methods")
     assert "Rousset" in methods and "Logan" in methods and "Albrecht" in methods
-    assert "t* = 30 min" in methods
+    assert "t* = 30 min" in methods and "ANTs (ANTsPy 0.6.3)" in methods
+    assert "Nipype" not in methods and "FSL" not in methods and "statsmodels" not in methods
+    ran = _section(html, "provenance")
+    assert "ants.n4_bias_field_correction" in ran and "scipy.optimize.least_squares" in ran
+    assert ran.count("<tr>") == len(sample_provenance()) + 1  # header + one row per record
 
 
 def test_missing_and_broken_inputs_degrade(outputs, tmp_path):
@@ -111,6 +116,8 @@ def test_missing_and_broken_inputs_degrade(outputs, tmp_path):
     assert "not available" in _section(html, "coreg")  # unreadable PET: a note, not a crash
     assert "missing tacs" in _section(html, "tacs")
     assert "missing regional_metrics" in _section(html, "metrics")
+    assert "no provenance records" in _section(html, "provenance")
+    assert "no provenance records" in _section(html, "methods")  # no text about what did not run
     errs = _section(html, "errors")
     assert "&lt;petref&gt; is empty" in errs and "Kinetic model fits" in errs
     assert '<section id="failure">' in html
@@ -209,3 +216,18 @@ def test_fit_curves_file_is_used_when_given(outputs, tmp_path):
     # RMS of measured - 0.5 measured over the frames, reported for the one region and model
     rms = float(np.sqrt(np.mean((0.5 * tacs[region]) ** 2)))
     assert f"{rms:.4g}" in fits
+
+
+def test_what_ran_shows_fsl_command_lines_and_methods_cite_fsl(tmp_path):
+    from gliaflow.pipeline.provenance import ToolCall
+
+    cmd = "mcflirt -in frames.nii.gz -reffile reference.nii.gz -cost normmi -dof 6 -mats"
+    calls = [ToolCall(step="frame realignment", tool="FSL", version="6.0.7.9", interface="mcflirt", command=cmd),
+             ToolCall(step="frame realignment", tool="Nipype", version="1.8.6",
+                      interface="nipype.interfaces.fsl.MCFLIRT")]
+    html = write_session_report(tmp_path / "r.html", session_id="s", sidecar={}, outputs={}, qc={},
+                                flags=[], config={"report": {"dpi": 40}}, errors=[],
+                                provenance=calls).read_text()
+    assert cmd in _section(html, "provenance")
+    methods = _section(html, "methods")
+    assert "MCFLIRT" in methods and "Jenkinson M, Bannister P" in methods and "Nipype: a flexible" in methods
