@@ -444,7 +444,7 @@ def run_cohort(specs: Sequence, *, stages: Sequence, config: PipelineConfig, out
     Parameters
     ----------
     specs : list of SessionSpec
-        Valid sessions (from :func:`gliaflow.pipeline.bids.discover`).
+        Valid sessions (from :func:`gliaflow.pipeline.io.bids.discover`).
     stages : list of Stage
         The session stages in dependency order (normally ``session.SESSION_STAGES``).
     config : PipelineConfig

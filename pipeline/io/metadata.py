@@ -442,7 +442,7 @@ def entities_id(entities: dict[str, str | None]) -> str:
 
 
 class Discovery(BaseModel):
-    """Result of :func:`gliaflow.pipeline.bids.discover`.
+    """Result of :func:`gliaflow.pipeline.io.bids.discover`.
 
     ``sessions`` are the valid sessions; ``invalid`` lists every problem found (several per
     session possible). A session appears in one or the other, never both.

@@ -1,7 +1,7 @@
 """Atlas regions, tissue classes and reference regions in T1w and PET space.
 
 Template-space images (atlas labels, reference-region masks) are brought to the T1w grid with the
-inverse of the T1w-to-template transform computed by :func:`gliaflow.pipeline.anat.process_anat`
+inverse of the T1w-to-template transform computed by :func:`gliaflow.pipeline.spatial.anatomy.process_anat`
 (labels: ANTs ``genericLabel`` interpolation; probabilities: linear). T1w-space images are brought
 to the PET grid with the rigid PET-to-T1w transform (nearest neighbour for labels, linear for
 probabilities and masks).

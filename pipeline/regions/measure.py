@@ -37,14 +37,14 @@ def session_tacs(
     pet_4d : path or nibabel image
         Realigned dynamic PET (stored units; ``units_to_bqml`` converts to Bq/mL).
     labels : atlas.SessionLabels
-        From :func:`gliaflow.pipeline.atlas.session_labels` (PET-grid labels, GTM partition,
+        From :func:`gliaflow.pipeline.regions.atlas.session_labels` (PET-grid labels, GTM partition,
         reference masks).
     frame_start_s, frame_end_s : sequence of float
         Frame times (s).
     pvc : {'none', 'gtm', 'rbv'}
         Correction (TACSettings.pvc).
     fwhm_mm : float
-        PSF FWHM (mm), see :func:`gliaflow.pipeline.pvc.resolve_psf_fwhm`.
+        PSF FWHM (mm), see :func:`gliaflow.pipeline.regions.pvc.resolve_psf_fwhm`.
     out_tsv, out_tsv_pvc : path
         ``..._seg-<atlas>_tacs.tsv`` and ``..._seg-<atlas>_desc-pvc<method>_tacs.tsv``.
 

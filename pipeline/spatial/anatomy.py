@@ -27,7 +27,7 @@ evaluation; fitted at 6 mm on a 2 mm copy it takes ~7 s. Atropos at 1 mm took ~1
 ~12 s. Registration inputs resampled to the working resolution made the affine ~3 s and SyN
 (2 mm, 40x20x10 at shrink 4/2/1) ~7-15 s.
 
-All images are written with :func:`~gliaflow.pipeline.derivatives.save_nifti` (atomic). Voxel
+All images are written with :func:`~gliaflow.pipeline.io.derivatives.save_nifti` (atomic). Voxel
 sizes are mm; volumes mm3; times s.
 """
 from __future__ import annotations

@@ -325,7 +325,7 @@ def register_pet_to_t1(
     Parameters
     ----------
     pet_ref_path : path
-        3-D PET reference (e.g. the realigned mean from :func:`~gliaflow.pipeline.motion.realign_frames`);
+        3-D PET reference (e.g. the realigned mean from :func:`~gliaflow.pipeline.spatial.motion.realign_frames`);
         any activity units.
     t1_path : path
         Bias-corrected T1w (whole head or skull-stripped), any intensity units.

@@ -2,9 +2,9 @@
 
 The cohort flow calls :func:`run_group_stats` with ``OUT_DIR/group/regional.tsv``. It runs
 
-- :func:`~gliaflow.pipeline.stats_regional.regional_group_stats` (patient vs control per region
+- :func:`~gliaflow.pipeline.stats.regional.regional_group_stats` (patient vs control per region
   and metric, Hedges' g, FDR/Holm/permutation FWER),
-- :func:`~gliaflow.pipeline.stats_regional.regional_correlations` (partial correlations with
+- :func:`~gliaflow.pipeline.stats.regional.regional_correlations` (partial correlations with
   clinical scores within a group),
 - :func:`voxelwise_group_stats` for each metric with maps (masked GLM, Freedman-Lane
   permutations, max-T FWER, TFCE, clusters with atlas labels),

@@ -1,7 +1,7 @@
 """Regional group statistics: patient vs control per region and metric, clinical correlations.
 
 For each metric and region: OLS ``metric ~ group + tspo_genotype (+ covariates)``
-(:func:`~gliaflow.pipeline.stats_design.build_design`), the patient-minus-control estimate in
+(:func:`~gliaflow.pipeline.stats.design.build_design`), the patient-minus-control estimate in
 the metric's units with SE, t, p; a covariate-adjusted Hedges' g (estimate over the residual SD,
 small-sample corrected) with a 95% CI from the noncentral t; Benjamini-Hochberg FDR and Holm
 FWER across regions within each metric; and, when permutations are requested, a Freedman-Lane
