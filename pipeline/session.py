@@ -296,8 +296,8 @@ def _kinetic_maps(ctx: StageContext, upstream: dict[str, StageResult], tacs: pd.
     """Voxelwise parametric maps in PET space, then in template space (2 mm) for group statistics.
 
     A map is made when its inputs exist (SUV: body weight and injected activity; Logan/MA1/basis
-    1TCM: a plasma input); the others are listed with the reason in ``qc["maps_skipped"]``. Returns the maps' outputs, ``values["maps"]``, QC,
-    flags and provenance.
+    1TCM: a plasma input); the others are listed with the reason in ``qc["maps_skipped"]``.
+    Returns the maps' outputs, ``values["maps"]``, QC, flags and provenance.
     """
     import nibabel as nib
 
