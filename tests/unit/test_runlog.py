@@ -28,6 +28,9 @@ def _fake_nipype() -> tuple[logging.Logger, logging.Handler]:
 
 
 def test_warnings_and_library_logs_land_in_the_run_log_not_the_terminal(tmp_path, capfd):
+    # nipype may already be imported (and have set up its own handlers) by earlier tests
+    before = list(logging.getLogger("nipype").handlers)
+    propagate = logging.getLogger("nipype").propagate
     nipype, stdout_handler = _fake_nipype()
     showwarning = warnings.showwarning
     try:
@@ -48,7 +51,7 @@ def test_warnings_and_library_logs_land_in_the_run_log_not_the_terminal(tmp_path
         assert "driver" not in cap.out + cap.err and "encountered" not in cap.out + cap.err
         # everything is put back when the block ends
         assert warnings.showwarning is showwarning
-        assert nipype.handlers == [stdout_handler] and nipype.propagate
+        assert nipype.handlers == before + [stdout_handler] and nipype.propagate == propagate
         assert not logging.getLogger("py.warnings").handlers
         logging.getLogger("nipype.interface").info("after the run")
         assert "after the run" in capfd.readouterr().err
