@@ -320,6 +320,9 @@ class KineticsSettings(_Settings):
     vb: float | None = Field(0.05, ge=0, le=0.2, description="Blood volume fraction; None fits it.")
     fit_delay: bool = False
     n_starts: int = Field(4, ge=1, le=50)
+    max_vt_rel_se: float = Field(0.25, gt=0, description="1TCM/2TCM: largest relative standard "
+                                 "error of VT (SE(VT)/VT, delta method from the fit covariance) "
+                                 "of a trusted fit; above it the VT metrics are n/a and flagged.")
     chunk_voxels: int = Field(200_000, ge=1000, description="Voxels per chunk for parametric maps.")
     tstar_frames: int | None = Field(None, ge=3, description="Logan/MA1: use the last N frames "
                                      "(overrides tstar_min when set).")

@@ -54,6 +54,11 @@ class FitResult(BaseModel):
         Why the fit failed ("" on success).
     warnings : list[str]
         Non-fatal remarks (parameter at a bound, few frames, ...).
+    flags : list[str] or None
+        Quality verdict of models that have one (1TCM/2TCM): the reasons the fit is not to be
+        trusted (``"k4_at_bound"``, ``"se_vt_42pct"``, ``"delay_at_bound"``,
+        ``"not_converged"``); empty when the fit passed every check, None for models without a
+        verdict. A flagged fit's metric is left out of the tidy metrics (NaN, written ``n/a``).
     provenance : list[ToolCall]
         Library routines the fit called and gliaflow's own fitting function (recorded by the
         code that made the call; see :mod:`gliaflow.pipeline.provenance`).
@@ -72,6 +77,7 @@ class FitResult(BaseModel):
     converged: bool = True
     reason: str = ""
     warnings: list[str] = Field(default_factory=list)
+    flags: list[str] | None = None
     provenance: list[ToolCall] = Field(default_factory=list)
 
     @classmethod
@@ -80,8 +86,15 @@ class FitResult(BaseModel):
         return cls(model=model, params={n: math.nan for n in names},
                    se={n: math.nan for n in names}, converged=False, reason=reason)
 
+    @property
+    def trusted(self) -> bool:
+        """True when the fit converged and its quality verdict (if any) raised no flag."""
+        return self.converged and not self.flags
+
     def row(self, prefix: str | None = None) -> dict[str, Any]:
-        """Flat dict for a table: parameters, ``<p>_se``, ``wssr``, ``aic``, ``converged``, ``reason``.
+        """Flat dict for a table: parameters, ``<p>_se``, ``wssr``, ``aic``, ``converged``, ``reason``,
+        ``warnings`` and, for models with a quality verdict, ``flag`` (reasons joined by ``;``,
+        empty when trusted).
 
         With ``prefix`` every key becomes ``<prefix>_<key>``.
         """
@@ -90,6 +103,8 @@ class FitResult(BaseModel):
             out[f"{k}_se"] = v
         out.update(wssr=self.wssr, aic=self.aic, converged=self.converged, reason=self.reason,
                    warnings="; ".join(self.warnings))
+        if self.flags is not None:
+            out["flag"] = ";".join(self.flags)
         if prefix:
             out = {f"{prefix}_{k}": v for k, v in out.items()}
         return out

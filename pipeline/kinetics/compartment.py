@@ -4,6 +4,13 @@ Units: times s, concentrations Bq/mL, K1 mL/cm3/min, k2..k4 1/min, VT mL/cm3, vB
 delay s. Model curves are frame means of the continuous model
 (:func:`gliaflow.pipeline.numerics.exp_conv` on the input grid, averaged over each frame),
 so long frames are handled exactly.
+
+Every fit carries a quality verdict (:attr:`FitResult.flags`, see :func:`quality_flags`): a rate
+constant, the delay or the upper vB limit reached, SE(VT)/VT above a limit, or non-convergence
+mark the fit untrustworthy, and its metrics are left out of the tidy metrics table.
+Bounds and the VT definition follow kinfitr's ``twotcm`` (lower bounds 1e-4 for K1..k4, k4 at
+most 0.5/min, VT = K1/k2 (1 + k3/k4)); K1, k2 and k3 get wider upper bounds (1.5, 2.0, 1.0)
+so that plausible fits of other tracers are not pinned to an edge, and vB may reach 0.
 """
 from __future__ import annotations
 
@@ -20,18 +27,20 @@ from gliaflow.pipeline.kinetics.forward import tcm_rates
 from gliaflow.pipeline.numerics import multi_exp_conv
 from gliaflow.pipeline.provenance import STEP_KINETICS, library_call
 
-__all__ = ["fit_tcm", "TCMModel", "PARAM_UNITS"]
+__all__ = ["fit_tcm", "TCMModel", "PARAM_UNITS", "BOUNDS", "quality_flags"]
 
 PARAM_UNITS = {"K1": "mL/cm3/min", "k2": "1/min", "k3": "1/min", "k4": "1/min", "vB": "fraction",
                "delay_s": "s", "VT": "mL/cm3", "VND": "mL/cm3", "BPND": "unitless"}
 
-# bounds (lower, upper) of each parameter
-_BOUNDS = {"K1": (1e-5, 5.0), "k2": (1e-5, 5.0), "k3": (0.0, 3.0), "k4": (1e-5, 3.0),
-           "vB": (0.0, 0.3), "delay_s": (-30.0, 30.0)}
-# starts: (K1, k2, k3, k4)
-_STARTS_2 = [(0.1, 0.1, 0.05, 0.05), (0.2, 0.3, 0.1, 0.02), (0.05, 0.05, 0.02, 0.01),
-             (0.3, 0.6, 0.3, 0.1), (0.1, 0.2, 0.5, 0.3), (0.5, 1.0, 0.05, 0.01)]
-_STARTS_1 = [(0.1, 0.05), (0.2, 0.2), (0.05, 0.01), (0.5, 1.0), (0.1, 0.5), (0.3, 0.02)]
+#: bounds (lower, upper) of each parameter (units as in PARAM_UNITS)
+BOUNDS = {"K1": (1e-4, 1.5), "k2": (1e-4, 2.0), "k3": (1e-4, 1.0), "k4": (1e-4, 0.5),
+          "vB": (0.0, 0.3), "delay_s": (-30.0, 30.0)}
+#: kinfitr's twotcm starting point (K1, k2, k3, k4, vB): always among the starts tried
+_KINFITR_START_2 = (0.1, 0.1, 0.1, 0.1)
+_KINFITR_START_VB = 0.05
+#: a parameter within this fraction of its bound is "at the bound" (relative to the bound for a
+#: positive lower bound, to the bound range otherwise)
+_BOUND_TOL = 0.01
 
 
 class TCMModel:
@@ -87,27 +96,84 @@ def _vt_grad(p: dict[str, float], n_tissue: int) -> dict[str, float]:
 
 
 def _pick_starts(resid, n_tissue: int, fit_vb: bool, fit_delay: bool, lo, hi, n: int) -> list[np.ndarray]:
-    """The ``n`` best points of a coarse log grid of (K1, k2[, k3, k4]) by residual (one model
-    evaluation each), so the local optimiser starts in the right basins."""
+    """``n`` starting points of the local optimiser: kinfitr's ``twotcm`` start (K1 = k2 = k3 =
+    k4 = 0.1, vB 0.05) and the ``n - 1`` best points of a coarse log grid of (K1, k2[, k3, k4],
+    vB) by residual (one model evaluation each), so that the best of several basins is found."""
     K1s, k2s = (0.03, 0.1, 0.3), (0.03, 0.1, 0.3, 1.0)
     k3s, k4s = (0.01, 0.05, 0.2), (0.01, 0.05, 0.2)
-    grid = ([(a, b, c, d) for a in K1s for b in k2s for c in k3s for d in k4s] if n_tissue == 2
-            else [(a, b) for a in K1s for b in np.geomspace(0.01, 1.0, 8)])
+    kin = ([(a, b, c, d) for a in K1s for b in k2s for c in k3s for d in k4s] if n_tissue == 2
+           else [(a, b) for a in K1s for b in np.geomspace(0.01, 1.0, 8)])
+    vbs = (0.02, 0.05, 0.1) if fit_vb else ()
+    grid = [g + ((v,) if fit_vb else ()) + ((0.0,) if fit_delay else ())
+            for g in kin for v in (vbs or (None,))]
+    first = (_KINFITR_START_2[:n_tissue * 2] + ((_KINFITR_START_VB,) if fit_vb else ())
+             + ((0.0,) if fit_delay else ()))
     cands = []
     for g in grid:
-        x0 = np.clip(np.array(list(g) + ([0.05] if fit_vb else []) + ([0.0] if fit_delay else []),
-                              float), lo + 1e-9, hi - 1e-9)
+        x0 = np.clip(np.array(g, float), lo + 1e-9, hi - 1e-9)
         r = resid(x0)
         c = float(r @ r)
         if np.isfinite(c):
             cands.append((c, x0))
     cands.sort(key=lambda z: z[0])
-    return [x for _, x in cands[:n]] or [np.clip(np.array(grid[0] + (0.05,) * fit_vb + (0.0,) * fit_delay), lo, hi)]
+    return [np.clip(np.array(first, float), lo + 1e-9, hi - 1e-9)] + [x for _, x in cands[:n - 1]]
+
+
+def _at_bound(name: str, x: float) -> str | None:
+    """``"lower"``/``"upper"`` when ``x`` is within :data:`_BOUND_TOL` of a bound of ``name``."""
+    lo, hi = BOUNDS[name]
+    span = hi - lo
+    if (x <= lo * (1 + _BOUND_TOL) + 1e-12) if lo > 0 else (x <= lo + _BOUND_TOL * span):
+        return "lower"
+    if x >= hi - _BOUND_TOL * (hi if lo >= 0 else span):
+        return "upper"
+    return None
+
+
+def quality_flags(params: dict[str, float], se_vt: float, free: list[str],
+                  max_vt_rel_se: float | None = 0.25) -> list[str]:
+    """Why a converged 1TCM/2TCM fit is not to be trusted (empty list: trusted).
+
+    Parameters
+    ----------
+    params : dict
+        Fitted parameters (units as in :data:`PARAM_UNITS`), including ``VT`` (mL/cm3).
+    se_vt : float
+        Standard error of VT (mL/cm3; delta method on the fit covariance), NaN when unknown.
+    free : list of str
+        The parameters that were fitted (fixed ones cannot sit at a bound).
+    max_vt_rel_se : float or None
+        Largest SE(VT)/VT of a trusted fit (fraction); None disables the check.
+
+    Returns
+    -------
+    list of str
+        ``"<param>_at_bound"`` for a rate constant or the delay within 1 % of a bound (and vB at
+        its upper limit; vB = 0 is the physical limit, reported as a warning only),
+        ``"vt_not_positive"``, ``"se_vt_<N>pct"`` when SE(VT)/VT > ``max_vt_rel_se``,
+        ``"se_vt_unknown"`` when the SE could not be computed.
+    """
+    flags = []
+    for k in free:
+        side = _at_bound(k, params[k])
+        if side is None or (k == "vB" and side == "lower"):
+            continue
+        flags.append("delay_at_bound" if k == "delay_s" else f"{k}_at_bound")
+    vt = params["VT"]
+    if not vt > 0:
+        flags.append("vt_not_positive")
+    elif max_vt_rel_se is not None:
+        if not np.isfinite(se_vt):
+            flags.append("se_vt_unknown")
+        elif se_vt / vt > max_vt_rel_se:
+            flags.append(f"se_vt_{min(round(100 * se_vt / vt), 9999)}pct")
+    return flags
 
 
 def fit_tcm(frames: Frames, tac_bqml, plasma: PlasmaInput, n_tissue: Literal[1, 2] = 2,
             weights=None, vb: float | None = 0.05, fit_delay: bool = False, n_starts: int = 4,
-            fit_end_s: float | None = None, model: TCMModel | None = None) -> FitResult:
+            fit_end_s: float | None = None, model: TCMModel | None = None,
+            max_vt_rel_se: float | None = 0.25) -> FitResult:
     """Fit a 1TCM or 2TCM (+ blood volume, optional delay) by bounded weighted least squares.
 
     Parameters
@@ -127,18 +193,22 @@ def fit_tcm(frames: Frames, tac_bqml, plasma: PlasmaInput, n_tissue: Literal[1, 
     fit_delay : bool
         Also fit a delay (s, bounded +-30 s) of the input relative to the TAC.
     n_starts : int
-        Number of starting points tried (the best weighted SSR wins).
+        Number of starting points tried: kinfitr's start and the best points of a coarse grid
+        (the best weighted SSR wins).
     fit_end_s : float, optional
         Use only frames ending at or before this time (s).
     model : TCMModel, optional
         A precomputed model for these frames and input (reused across regions for speed).
+    max_vt_rel_se : float or None
+        Largest SE(VT)/VT of a trusted fit (``KineticsSettings.max_vt_rel_se``); None: no check.
 
     Returns
     -------
     FitResult
         Parameters K1, k2, (k3, k4), vB, (delay_s), VT (and VND, BPND for the 2TCM), their
         standard errors (from the Jacobian; VT by the delta method), the fitted frame means, WSSR
-        and AIC. NaN with a reason when the fit fails.
+        and AIC. NaN with a reason when the fit fails. ``flags`` holds the quality verdict
+        (:func:`quality_flags`; ``["not_converged"]`` for a failed fit).
     """
     name = "2tcm" if n_tissue == 2 else "1tcm"
     kin = ["K1", "k2", "k3", "k4"] if n_tissue == 2 else ["K1", "k2"]
@@ -151,12 +221,12 @@ def fit_tcm(frames: Frames, tac_bqml, plasma: PlasmaInput, n_tissue: Literal[1, 
     if fit_end_s is not None:
         use &= frames.end_s <= fit_end_s + 1e-6
     if use.sum() <= len(free):
-        return FitResult.failure(name, all_names, f"too few frames ({int(use.sum())}) for "
-                                 f"{len(free)} parameters")
+        return _failure(name, all_names, f"too few frames ({int(use.sum())}) for "
+                        f"{len(free)} parameters")
     if not np.any(y[use] > 0):
-        return FitResult.failure(name, all_names, "TAC is zero or negative everywhere")
+        return _failure(name, all_names, "TAC is zero or negative everywhere")
     if plasma.t_s[-1] < frames.end_s[use][-1]:
-        return FitResult.failure(name, all_names, "plasma input ends before the last frame")
+        return _failure(name, all_names, "plasma input ends before the last frame")
     m = model if model is not None else TCMModel(plasma, frames, n_tissue)
     sw = np.sqrt(w[use])
     scale = float(np.nanmax(np.abs(y[use])))
@@ -173,8 +243,8 @@ def fit_tcm(frames: Frames, tac_bqml, plasma: PlasmaInput, n_tissue: Literal[1, 
         c = m.curve(p["K1"], p["k2"], p.get("k3", 0.0), p.get("k4", 0.0), p["vB"], p.get("delay_s", 0.0))
         return sw * (c[use] / scale - yu)
 
-    lo = np.array([_BOUNDS[n][0] for n in free])
-    hi = np.array([_BOUNDS[n][1] for n in free])
+    lo = np.array([BOUNDS[n][0] for n in free])
+    hi = np.array([BOUNDS[n][1] for n in free])
     starts = _pick_starts(resid, n_tissue, vb is None, fit_delay, lo, hi, max(1, n_starts))
     best = None
     last_msg = ""
@@ -198,7 +268,7 @@ def fit_tcm(frames: Frames, tac_bqml, plasma: PlasmaInput, n_tissue: Literal[1, 
         if best is None or r.cost < best.cost:
             best = r
     if best is None:
-        fail = FitResult.failure(name, all_names, f"optimiser did not converge: {last_msg}")
+        fail = _failure(name, all_names, f"optimiser did not converge: {last_msg}")
         fail.provenance = calls
         return fail
     p = unpack(best.x)
@@ -227,15 +297,19 @@ def fit_tcm(frames: Frames, tac_bqml, plasma: PlasmaInput, n_tissue: Literal[1, 
         params["BPND"] = float(p["k3"] / p["k4"])
     fitted = np.full(frames.n, np.nan)
     fitted[:] = m.curve(p["K1"], p["k2"], p.get("k3", 0.0), p.get("k4", 0.0), p["vB"], p.get("delay_s", 0.0))
-    warn = []
-    for k, x in zip(free, best.x):
-        lo_k, hi_k = _BOUNDS[k]
-        if k in ("K1", "k2", "k3", "k4", "vB") and (x <= lo_k * 1.0001 + 1e-9 or x >= hi_k * 0.999):
-            warn.append(f"{k} at bound")
+    warn = [f"{k} at bound" for k in free if _at_bound(k, params[k])]
     if not np.isfinite(params["VT"]):
-        fail = FitResult.failure(name, all_names, "VT not finite (k2 or k4 at 0)")
+        fail = _failure(name, all_names, "VT not finite (k2 or k4 at 0)")
         fail.provenance = calls
         return fail
     return FitResult(model=name, params=params, se=se, fitted=fitted.tolist(), wssr=wssr,
                      aic=aic(wssr, n_used, n_par), n_frames=n_used, n_params=n_par, converged=True,
-                     warnings=warn, provenance=calls)
+                     warnings=warn, flags=quality_flags(params, se["VT"], free, max_vt_rel_se),
+                     provenance=calls)
+
+
+def _failure(name: str, names: list[str], reason: str) -> FitResult:
+    """A failed compartment fit: NaN parameters, the reason, and the ``not_converged`` flag."""
+    fail = FitResult.failure(name, names, reason)
+    fail.flags = ["not_converged"]
+    return fail

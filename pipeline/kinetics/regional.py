@@ -173,7 +173,8 @@ def fit_regional_results(tacs: pd.DataFrame, plasma: PlasmaInput | None = None,
                 if nt not in tcm_models:
                     tcm_models[nt] = TCMModel(plasma, frames, nt)
                 r = fit_tcm(frames, y, plasma, nt, w, vb=s.vb, fit_delay=s.fit_delay,
-                            n_starts=s.n_starts, fit_end_s=fit_end_s, model=tcm_models[nt])
+                            n_starts=s.n_starts, fit_end_s=fit_end_s, model=tcm_models[nt],
+                            max_vt_rel_se=s.max_vt_rel_se)
             elif m == "logan":
                 r = fit_logan(frames, y, plasma, s.tstar_min, s.tstar_frames, w, vb=vb_graph)
             elif m == "ma1":
