@@ -88,8 +88,8 @@ def _session_key(regional: pd.DataFrame, sessions: pd.DataFrame) -> str | None:
 
 def _metric_columns(regional: pd.DataFrame) -> list[str]:
     skip = {"participant_id", "session_id", "region", "age", "bmi", "weight", "dose"}
-    return [c for c in regional.columns if c not in skip and pd.api.types.is_numeric_dtype(regional[c])
-            and _category(c) in ("uptake", "volume")]
+    return [c for c in regional.columns if c not in skip and not c.endswith("_flag")
+            and pd.api.types.is_numeric_dtype(regional[c]) and _category(c) in ("uptake", "volume")]
 
 
 def qc_outliers(sessions: pd.DataFrame, regional: pd.DataFrame | None = None, threshold: float = 3.5
