@@ -91,9 +91,8 @@ def test_cohort_resume_and_selective_invalidation(tmp_path, cluster, api):
     assert {"group", "tspo_genotype", "age"} <= set(table.columns)
     assert set(table.participant_id) == {"sub-01", "sub-02", "sub-03"}
     assert (out / "group" / "toy_group.tsv").is_file()
-    states = ts.task_run_states(api)
-    assert states.get("RUNNING", 0) == 0
-    # in Prefect: a task run per session, and a nested task run per session x stage
+    # in Prefect: a task run per session, and a nested task run per session x stage, none left
+    # RUNNING (the server is shared with other test modules: count this run's task runs only)
     runs = [r for r in ts.task_runs(api) if r.flow_run_id == info["flow_run_id"]]
     by_name = {r.name: r for r in runs}
     assert len(runs) == 3 + 18 and all(r.state.type.value == "COMPLETED" for r in runs)
