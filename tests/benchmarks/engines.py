@@ -4,12 +4,12 @@ For each engine (``--engines ants fsl``; FSL needs $FSLDIR) and each simulated s
 stage runs in a fresh process (its own peak RSS), then the outputs are scored against the
 phantom truth (derivatives/phantom-truth, see ``gliaflow simulate``):
 
-* motion error: mean displacement (mm, over the T1w brain mapped into PET space) between each
-  registered frame's estimated motion relative to the last frame and the true relative motion
-  (``M_i M_last^-1`` against ``H_i H_last^-1``: independent of the realignment reference);
-* PET-to-T1 error: mean displacement (mm, over the T1w brain) of the estimated PET-reference-to-
-  T1w registration against the truth in the last frame's head pose (``H_last pet_to_t1^-1``; the
-  reference is the mean of the late frames);
+* motion error: the realignment reference is a mean of moving late frames, so its pose is only
+  defined through the estimates: with ``C_i = H_i^-1 M_i`` (true motion ``H_i``, estimate ``M_i``;
+  constant for a perfect realignment), the error of frame ``i`` is the mean displacement (mm,
+  over the brain in PET space) between ``C_i`` and the medoid ``C_k`` of the registered frames;
+* PET-to-T1 error: mean displacement (mm, over the T1w brain) of the estimated T1w-to-PET-reference
+  registration against the truth in that reference pose, ``C_k^-1 pet_to_t1^-1``;
 * Dice of GM and WM (dseg) against the true tissue fractions > 0.5;
 * regional VT: median |error| % of vt_2tcm, vt_logan, vt_ma1 (no PVC) against the true
   region VT (regions > 5 mL);
@@ -75,6 +75,24 @@ def run_session_measured(spec, cfg, out: Path, work: Path) -> tuple[dict, dict]:
     return results, cost
 
 
+def outputs_found(spec, deriv: Path) -> dict:
+    """The stage outputs :func:`score` reads, found by their BIDS names under ``deriv``."""
+    d = deriv / f"sub-{spec.participant}" / "ses-baseline"
+    one = lambda pattern: str(next(d.glob(pattern)))  # noqa: E731
+    motion = pd_read(one("pet/*desc-hmc_timeseries.tsv"))
+    return {"coreg": {"outputs": {"xfm_petref_to_t1w": one("pet/*from-petref_to-T1w_mode-image_xfm.txt")}},
+            "pet_motion": {"outputs": {"xfm_hmc": one("pet/*desc-hmc_xfm.txt")},
+                           "values": {"registered": list(motion["registered"].astype(str).str.lower() == "true")}},
+            "anat": {"outputs": {"dseg": one("anat/*_ses-baseline_dseg.nii.gz")}},
+            "kinetics": {"outputs": {"regional_metrics": one("pet/*desc-regional_metrics.tsv")}}}
+
+
+def pd_read(path: str):
+    import pandas as pd
+
+    return pd.read_csv(path, sep="\t", na_values="n/a")
+
+
 def score(bids: Path, spec, results: dict) -> dict[str, float]:
     """Errors of one session's outputs against the phantom truth (see the module docstring)."""
     import nibabel as nib
@@ -91,13 +109,15 @@ def score(bids: Path, spec, results: dict) -> dict[str, float]:
     pet_to_t1 = np.asarray(json.loads(next(tdir.glob("*from-pet_to-T1w_xfm.json")).read_text())["matrix"])
     # H_f maps reference-pose PET points to their place in frame f (truth README)
     h = [np.asarray(x) for x in json.loads(next(tdir.glob("*desc-motion_xfms.json")).read_text())["matrices"]]
-    est = read_itk_text(results["coreg"]["outputs"]["xfm_petref_to_t1w"])[0]   # T1w point -> PET point
-    out = {"coreg_error_mm": displacement_error(est, h[-1] @ np.linalg.inv(pet_to_t1), coords_t1)}
     coords_pet = coords_t1 @ np.linalg.inv(pet_to_t1)[:3, :3].T + np.linalg.inv(pet_to_t1)[:3, 3]
     mats = read_itk_text(results["pet_motion"]["outputs"]["xfm_hmc"])
     reg = results["pet_motion"]["values"]["registered"]
-    errs = [displacement_error(m @ np.linalg.inv(mats[-1]), t @ np.linalg.inv(h[-1]), coords_pet)
-            for m, t, ok in zip(mats, h, reg) if ok]
+    c = [np.linalg.inv(t) @ m for m, t, ok in zip(mats, h, reg) if ok] or [np.eye(4)]
+    spread = [sum(displacement_error(ci, ck, coords_pet) for ci in c) for ck in c]
+    ck = c[int(np.argmin(spread))]
+    errs = [displacement_error(ci, ck, coords_pet) for ci in c]
+    est = read_itk_text(results["coreg"]["outputs"]["xfm_petref_to_t1w"])[0]   # T1w point -> PET point
+    out = {"coreg_error_mm": displacement_error(est, np.linalg.inv(ck) @ np.linalg.inv(pet_to_t1), coords_t1)}
     out["motion_error_mm"] = float(np.mean(errs)) if errs else float("nan")
     dseg = nib.load(results["anat"]["outputs"]["dseg"]).get_fdata()
     for lab, img, k in (("gm", gm_true, 1), ("wm", wm_true, 2)):
@@ -120,6 +140,8 @@ def main() -> None:
     ap.add_argument("--size", default="small")
     ap.add_argument("--engines", nargs="+", default=["ants", "fsl"])
     ap.add_argument("--work", type=Path, default=None)
+    ap.add_argument("--score-only", action="store_true",
+                    help="score the outputs already in --work (no processing; no times)")
     args = ap.parse_args()
     from gliaflow.pipeline.config import ENGINE_FIELDS, load_config
     from gliaflow.pipeline.engines import check_engines
@@ -137,7 +159,10 @@ def main() -> None:
         check_engines(cfg)
         rows = table.setdefault(eng, {})
         for spec in sessions:
-            res, cost = run_session_measured(spec, cfg, work / eng / "derivatives", work / eng / "work")
+            if args.score_only:
+                res, cost = outputs_found(spec, work / eng / "derivatives"), {}
+            else:
+                res, cost = run_session_measured(spec, cfg, work / eng / "derivatives", work / eng / "work")
             for k, v in score(bids, spec, res).items():
                 rows.setdefault(k, []).append(v)
             for st, (wall, rss) in cost.items():
