@@ -204,183 +204,26 @@ def realign_frames(
         Unreadable image, wrong dimensionality, inconsistent frame timing, or all frames zero.
     """
     t_start = time.perf_counter()
-    import nibabel as nib
-    from scipy import ndimage
+    from gliaflow.pipeline.io.derivatives import atomic_write_text
 
-    from gliaflow.pipeline.io.derivatives import atomic_write_text, save_nifti, write_tsv
-
-    pet_path = Path(pet_path)
-    try:
-        img = nib.load(str(pet_path), keep_file_open=True)
-    except Exception as exc:  # nibabel raises several types
-        raise ImageError(f"cannot read PET image: {exc}", file=pet_path) from exc
-    shape = img.shape
-    if len(shape) == 4 and shape[3] >= 1:
-        four_d, n = True, shape[3]
-    elif len(shape) == 3:
-        four_d, n = False, 1
-    else:
-        raise ImageError(f"PET must be 3-D or 4-D, got shape {shape}", file=pet_path, field="dim")
-    affine = img.affine
-    starts, ends = _check_timing(n, frame_start_s, frame_end_s, pet_path)
-    durations = ends - starts
-    flags: list[str] = []
-
-    # ---- pass 1: read every frame once into the output array (the only 4-D copy), sanity checks,
-    # and the reference (duration-weighted mean) -------------------------------------------------
-    out = np.zeros(shape if four_d else shape[:3], np.float32, order="F")
-
-    def frame(i: int) -> np.ndarray:
-        return out[..., i] if four_d else out
-
-    nonfinite: list[int] = []
-    empty: list[int] = []
-    in_ref_window = starts >= settings.reference_start_s
-    if not in_ref_window.any():
-        flags.append("reference_fallback_all_frames")
-        in_ref_window = np.ones(n, bool)
-    ref_acc = np.zeros(shape[:3], np.float64)
-    ref_w = 0.0
-    for i in range(n):
-        data, had_nan = _read_frame(img, i, four_d)
-        if had_nan:
-            nonfinite.append(i)
-        frame(i)[...] = data
-        if not np.any(data):
-            empty.append(i)
-            continue
-        if in_ref_window[i]:
-            ref_acc += durations[i] * data
-            ref_w += durations[i]
-    del data
-    if len(empty) == n:
-        raise ImageError("every PET frame is zero (or non-finite)", file=pet_path, field="data")
-    if nonfinite:
-        flags.append("nonfinite_values_replaced")
-    if empty:
-        flags.append("empty_frames")
-    if ref_w == 0:  # every reference-window frame empty: fall back to all non-empty frames
-        if "reference_fallback_all_frames" not in flags:
-            flags.append("reference_fallback_all_frames")
-        in_ref_window = np.ones(n, bool)
-        for i in range(n):
-            if i not in empty:
-                ref_acc += durations[i] * frame(i)
-                ref_w += durations[i]
-    ref = (ref_acc / ref_w).astype(np.float32)
-    del ref_acc
-
-    registrable = (starts >= settings.start_time_s) & (durations >= settings.min_frame_duration_s)
-    registrable[empty] = False
-    if not settings.enabled:
-        flags.append("motion_correction_disabled")
-        registrable[:] = False
-    elif n == 1:
-        flags.append("single_frame")
-        registrable[:] = False
-    elif not registrable.any():
-        flags.append("no_registrable_frames")
-
-    # registration grid: smoothed, cropped to the head, block-averaged by the last shrink factor
-    voxel = np.linalg.norm(affine[:3, :3], axis=0)
-    sigma_vox = settings.smoothing_fwhm_mm / 2.3548 / voxel
-    shrink = [int(s) for s in settings.shrink_factors]
-    block = shrink[-1] if all(s % shrink[-1] == 0 for s in shrink) else 1
-    level_shrink = tuple(s // block for s in shrink)
-    ref_s = ndimage.gaussian_filter(ref, sigma_vox) if settings.smoothing_fwhm_mm > 0 else ref
-    mask = _head_mask(ref_s)
-    if not mask.any():
-        mask = np.ones(shape[:3], bool)
-    coords = mask_world_coords(mask, affine, step=2 if mask.sum() > 20000 else 1)
-    box = bounding_box(mask, margin=2 * block + 2, block=block)
-
-    def reg_image(data: np.ndarray, smooth: bool = True, binary: bool = False) -> nib.Nifti1Image:
-        d = ndimage.gaussian_filter(data, sigma_vox) if (smooth and settings.smoothing_fwhm_mm > 0) else data
-        d, aff = crop_and_block(d, affine, box, block)
-        if binary:
-            d = (d > 0.5).astype(np.float32)
-        return nib.Nifti1Image(d, aff)
-
+    s = _Series.open(pet_path, frame_start_s, frame_end_s)
+    ref, in_ref_window, nonfinite, empty, flags = s.read_frames(settings.reference_start_s)
+    registrable = _registrable(s, settings, empty, flags)
+    grid = _RegistrationGrid(ref, s.affine, settings)
     engine = engine or get_engine(settings.engine)
-    levels = [RigidLevel(shrink=s, smoothing_vox=sg, iterations=k)
-              for s, sg, k in zip(level_shrink, _sigmas(level_shrink), settings.iterations)]
-    ref_full = nib.Nifti1Image(ref, affine)
-    matrices = [np.eye(4) for _ in range(n)]
+    matrices, first_reg = _realign(s, grid, ref, registrable, empty, engine, settings, work_dir)
 
-    def resample(i: int) -> None:
-        moving = nib.Nifti1Image(np.asarray(frame(i)), affine)
-        frame(i)[...] = np.asarray(engine.resample(moving, ref_full, [matrices[i]],
-                                                   step="frame realignment").dataobj)
+    s.save(out_pet)
+    ref_path = None if out_ref is None else s.save_reference(in_ref_window, empty, out_ref)
+    table = _motion_table(s, registrable, matrices, grid.coords, settings.fd_radius_mm)
+    from gliaflow.pipeline.io.derivatives import write_tsv
 
-    reg_frames = [int(i) for i in np.flatnonzero(registrable)]
-    first_reg: int | None = reg_frames[0] if reg_frames else None
-    with tempfile.TemporaryDirectory(prefix="gliaflow_hmc_",
-                                     dir=None if work_dir is None else str(work_dir)) as tmp:
-        # ---- pass 2: register the registrable frames (streamed), resample them in place --------
-        found = engine.realign_series(
-            reg_image(ref_s, smooth=False), ((i, reg_image(frame(i))) for i in reg_frames),
-            levels=levels, mask=reg_image(mask.astype(np.float32), smooth=False, binary=True),
-            sampling_rate=settings.sampling_rate, work_dir=Path(tmp))
-        for i in reg_frames:
-            matrices[i] = found[i]
-            resample(i)
-        # ---- pass 3: frames that borrow the first registrable frame's transform ---------------
-        if first_reg is not None:
-            for i in np.flatnonzero(~registrable):
-                i = int(i)
-                matrices[i] = matrices[first_reg].copy()
-                if i not in empty:
-                    resample(i)
-
-    # ---- outputs --------------------------------------------------------------------------------
-    hdr = img.header.copy()
-    hdr.set_data_dtype(np.float32)
-    out_img = nib.Nifti1Image(out, affine, header=hdr)
-    out_img.header.set_slope_inter(1.0, 0.0)
-    save_nifti(out_img, out_pet)
-    del out_img
-
-    ref_path = None
-    if out_ref is not None:
-        acc = np.zeros(shape[:3], np.float64)
-        w = 0.0
-        for i in range(n):
-            if in_ref_window[i] and i not in empty:
-                acc += durations[i] * frame(i)
-                w += durations[i]
-        mean_ref = (acc / w).astype(np.float32)
-        del acc
-        rhdr = img.header.copy()
-        rhdr.set_data_dtype(np.float32)
-        rimg = nib.Nifti1Image(mean_ref, affine, header=rhdr)
-        rimg.header.set_slope_inter(1.0, 0.0)
-        rimg.header.set_xyzt_units(*img.header.get_xyzt_units())
-        if four_d:
-            rimg.header["dim"][0] = 3
-            rimg.header["dim"][4] = 1
-        ref_path = save_nifti(rimg, out_ref)
-
-    import pandas as pd
-
-    params = np.array([matrix_to_params(m) for m in matrices])
-    fd = framewise_displacement(params, settings.fd_radius_mm)
-    disp = np.array([displacement(m, coords).mean() for m in matrices])
-    table = pd.DataFrame({
-        "frame": np.arange(n),
-        "frame_start": starts,
-        "frame_end": ends,
-        "registered": np.where(registrable, "true", "false"),
-        "rot_x": params[:, 0], "rot_y": params[:, 1], "rot_z": params[:, 2],
-        "trans_x": params[:, 3], "trans_y": params[:, 4], "trans_z": params[:, 5],
-        "framewise_displacement": fd,
-        "mean_displacement": disp,
-    })[MOTION_COLUMNS]
     write_tsv(table, out_motion_tsv, float_format="%.6g")
     atomic_write_text(out_xfm_file, format_itk_text(matrices))
-
+    fd, disp = table["framewise_displacement"].to_numpy(), table["mean_displacement"].to_numpy()
     return MotionResult(
         pet=Path(out_pet), motion_tsv=Path(out_motion_tsv), xfm=Path(out_xfm_file), reference=ref_path,
-        n_frames=n, registered=[bool(r) for r in registrable],
+        n_frames=s.n, registered=[bool(r) for r in registrable],
         reference_frames=[int(i) for i in np.flatnonzero(in_ref_window) if i not in empty],
         first_registered_frame=first_reg,
         matrices=[m.tolist() for m in matrices],
@@ -389,3 +232,223 @@ def realign_frames(
         nonfinite_frames=nonfinite, empty_frames=empty, flags=flags,
         seconds=time.perf_counter() - t_start,
     )
+
+
+class _Series:
+    """The dynamic PET being realigned: its header, frame times (s) and the float32 output array
+    (the only full copy of the series in memory), frames read from disk one at a time."""
+
+    def __init__(self, img, path: Path, four_d: bool, n: int, starts: np.ndarray, ends: np.ndarray):
+        self.img, self.path, self.four_d, self.n = img, path, four_d, n
+        self.starts, self.ends, self.durations = starts, ends, ends - starts
+        self.affine = img.affine
+        self.shape3 = img.shape[:3]
+        self.out = np.zeros(img.shape if four_d else img.shape[:3], np.float32, order="F")
+
+    @classmethod
+    def open(cls, pet_path, frame_start_s, frame_end_s) -> "_Series":
+        """Open the image lazily and check its dimensions against the frame times."""
+        import nibabel as nib
+
+        pet_path = Path(pet_path)
+        try:
+            img = nib.load(str(pet_path), keep_file_open=True)
+        except Exception as exc:  # nibabel raises several types
+            raise ImageError(f"cannot read PET image: {exc}", file=pet_path) from exc
+        shape = img.shape
+        if len(shape) == 4 and shape[3] >= 1:
+            four_d, n = True, shape[3]
+        elif len(shape) == 3:
+            four_d, n = False, 1
+        else:
+            raise ImageError(f"PET must be 3-D or 4-D, got shape {shape}", file=pet_path, field="dim")
+        starts, ends = _check_timing(n, frame_start_s, frame_end_s, pet_path)
+        return cls(img, pet_path, four_d, n, starts, ends)
+
+    def frame(self, i: int) -> np.ndarray:
+        """Frame ``i`` of the output array (a view)."""
+        return self.out[..., i] if self.four_d else self.out
+
+    def read_frames(self, reference_start_s: float):
+        """Pass 1: read every frame once (non-finite voxels -> 0) and build the reference, the
+        duration-weighted mean of the non-empty frames starting at or after
+        ``reference_start_s`` (all non-empty frames when there are none).
+
+        Returns ``(reference, in_ref_window, nonfinite_frames, empty_frames, flags)``.
+        """
+        n, durations = self.n, self.durations
+        flags: list[str] = []
+        nonfinite: list[int] = []
+        empty: list[int] = []
+        in_ref_window = self.starts >= reference_start_s
+        if not in_ref_window.any():
+            flags.append("reference_fallback_all_frames")
+            in_ref_window = np.ones(n, bool)
+        ref_acc = np.zeros(self.shape3, np.float64)
+        ref_w = 0.0
+        for i in range(n):
+            data, had_nan = _read_frame(self.img, i, self.four_d)
+            if had_nan:
+                nonfinite.append(i)
+            self.frame(i)[...] = data
+            if not np.any(data):
+                empty.append(i)
+                continue
+            if in_ref_window[i]:
+                ref_acc += durations[i] * data
+                ref_w += durations[i]
+        if len(empty) == n:
+            raise ImageError("every PET frame is zero (or non-finite)", file=self.path, field="data")
+        if nonfinite:
+            flags.append("nonfinite_values_replaced")
+        if empty:
+            flags.append("empty_frames")
+        if ref_w == 0:  # every reference-window frame empty: fall back to all non-empty frames
+            if "reference_fallback_all_frames" not in flags:
+                flags.append("reference_fallback_all_frames")
+            in_ref_window = np.ones(n, bool)
+            for i in range(n):
+                if i not in empty:
+                    ref_acc += durations[i] * self.frame(i)
+                    ref_w += durations[i]
+        return (ref_acc / ref_w).astype(np.float32), in_ref_window, nonfinite, empty, flags
+
+    def _header(self):
+        hdr = self.img.header.copy()
+        hdr.set_data_dtype(np.float32)
+        return hdr
+
+    def save(self, path) -> Path:
+        """The realigned series: float32, the input's shape, affine and header geometry."""
+        import nibabel as nib
+
+        from gliaflow.pipeline.io.derivatives import save_nifti
+
+        out_img = nib.Nifti1Image(self.out, self.affine, header=self._header())
+        out_img.header.set_slope_inter(1.0, 0.0)
+        return save_nifti(out_img, path)
+
+    def save_reference(self, in_ref_window: np.ndarray, empty: list[int], path) -> Path:
+        """The duration-weighted mean of the realigned reference frames (3-D float32)."""
+        import nibabel as nib
+
+        from gliaflow.pipeline.io.derivatives import save_nifti
+
+        acc = np.zeros(self.shape3, np.float64)
+        w = 0.0
+        for i in range(self.n):
+            if in_ref_window[i] and i not in empty:
+                acc += self.durations[i] * self.frame(i)
+                w += self.durations[i]
+        rimg = nib.Nifti1Image((acc / w).astype(np.float32), self.affine, header=self._header())
+        rimg.header.set_slope_inter(1.0, 0.0)
+        rimg.header.set_xyzt_units(*self.img.header.get_xyzt_units())
+        if self.four_d:
+            rimg.header["dim"][0] = 3
+            rimg.header["dim"][4] = 1
+        return save_nifti(rimg, path)
+
+
+def _registrable(s: _Series, settings: MotionSettings, empty: list[int], flags: list[str]) -> np.ndarray:
+    """Frames that are registered: late and long enough, not empty; none when realignment is
+    disabled or the series has one frame (flags record why)."""
+    registrable = (s.starts >= settings.start_time_s) & (s.durations >= settings.min_frame_duration_s)
+    registrable[empty] = False
+    if not settings.enabled:
+        flags.append("motion_correction_disabled")
+        registrable[:] = False
+    elif s.n == 1:
+        flags.append("single_frame")
+        registrable[:] = False
+    elif not registrable.any():
+        flags.append("no_registrable_frames")
+    return registrable
+
+
+class _RegistrationGrid:
+    """The grid registration runs on: frames smoothed (``smoothing_fwhm_mm``), cropped to the
+    head (a mask from the smoothed reference) and block-averaged by the last shrink factor; the
+    resolution levels that remain; the head's world coordinates (mm) for displacement figures."""
+
+    def __init__(self, ref: np.ndarray, affine: np.ndarray, settings: MotionSettings):
+        from scipy import ndimage
+
+        self.affine, self.settings = affine, settings
+        voxel = np.linalg.norm(affine[:3, :3], axis=0)
+        self.sigma_vox = settings.smoothing_fwhm_mm / 2.3548 / voxel
+        shrink = [int(v) for v in settings.shrink_factors]
+        self.block = shrink[-1] if all(v % shrink[-1] == 0 for v in shrink) else 1
+        level_shrink = tuple(v // self.block for v in shrink)
+        self.levels = [RigidLevel(shrink=v, smoothing_vox=sg, iterations=k)
+                       for v, sg, k in zip(level_shrink, _sigmas(level_shrink), settings.iterations)]
+        self.ref_smooth = ndimage.gaussian_filter(ref, self.sigma_vox) if settings.smoothing_fwhm_mm > 0 else ref
+        mask = _head_mask(self.ref_smooth)
+        self.mask = mask if mask.any() else np.ones(ref.shape, bool)
+        self.coords = mask_world_coords(self.mask, affine, step=2 if self.mask.sum() > 20000 else 1)
+        self.box = bounding_box(self.mask, margin=2 * self.block + 2, block=self.block)
+
+    def image(self, data: np.ndarray, smooth: bool = True, binary: bool = False):
+        """``data`` (PET grid) as a registration-grid image."""
+        import nibabel as nib
+        from scipy import ndimage
+
+        d = ndimage.gaussian_filter(data, self.sigma_vox) if (smooth and self.settings.smoothing_fwhm_mm > 0) \
+            else data
+        d, aff = crop_and_block(d, self.affine, self.box, self.block)
+        if binary:
+            d = (d > 0.5).astype(np.float32)
+        return nib.Nifti1Image(d, aff)
+
+
+def _realign(s: _Series, grid: _RegistrationGrid, ref: np.ndarray, registrable: np.ndarray,
+             empty: list[int], engine: Engine, settings: MotionSettings, work_dir
+             ) -> tuple[list[np.ndarray], int | None]:
+    """Pass 2: register the registrable frames (streamed to the engine) and resample them in
+    place on the reference grid; pass 3: the other non-empty frames borrow the first registered
+    frame's transform. Returns the per-frame pull matrices and the first registered frame."""
+    import nibabel as nib
+
+    ref_full = nib.Nifti1Image(ref, s.affine)
+    matrices = [np.eye(4) for _ in range(s.n)]
+
+    def resample(i: int) -> None:
+        moving = nib.Nifti1Image(np.asarray(s.frame(i)), s.affine)
+        s.frame(i)[...] = np.asarray(engine.resample(moving, ref_full, [matrices[i]],
+                                                     step="frame realignment").dataobj)
+
+    reg_frames = [int(i) for i in np.flatnonzero(registrable)]
+    first_reg = reg_frames[0] if reg_frames else None
+    with tempfile.TemporaryDirectory(prefix="gliaflow_hmc_",
+                                     dir=None if work_dir is None else str(work_dir)) as tmp:
+        found = engine.realign_series(
+            grid.image(grid.ref_smooth, smooth=False), ((i, grid.image(s.frame(i))) for i in reg_frames),
+            levels=grid.levels, mask=grid.image(grid.mask.astype(np.float32), smooth=False, binary=True),
+            sampling_rate=settings.sampling_rate, work_dir=Path(tmp))
+        for i in reg_frames:
+            matrices[i] = found[i]
+            resample(i)
+        if first_reg is not None:
+            for i in np.flatnonzero(~registrable):
+                i = int(i)
+                matrices[i] = matrices[first_reg].copy()
+                if i not in empty:
+                    resample(i)
+    return matrices, first_reg
+
+
+def _motion_table(s: _Series, registrable: np.ndarray, matrices: list[np.ndarray], coords: np.ndarray,
+                  fd_radius_mm: float):
+    """The per-frame motion table (:data:`MOTION_COLUMNS`; rad, mm)."""
+    import pandas as pd
+
+    params = np.array([matrix_to_params(m) for m in matrices])
+    return pd.DataFrame({
+        "frame": np.arange(s.n),
+        "frame_start": s.starts,
+        "frame_end": s.ends,
+        "registered": np.where(registrable, "true", "false"),
+        "rot_x": params[:, 0], "rot_y": params[:, 1], "rot_z": params[:, 2],
+        "trans_x": params[:, 3], "trans_y": params[:, 4], "trans_z": params[:, 5],
+        "framewise_displacement": framewise_displacement(params, fd_radius_mm),
+        "mean_displacement": np.array([displacement(m, coords).mean() for m in matrices]),
+    })[MOTION_COLUMNS]
