@@ -136,7 +136,7 @@ def _work(ctx: StageContext, stage: str) -> Path:
 # --------------------------------------------------------------------------- stages
 
 def stage_anat(ctx: StageContext, upstream: dict[str, StageResult]) -> StageResult:
-    """T1w: N4, brain mask, GM/WM/CSF segmentation, nonlinear registration to the template."""
+    """T1w: bias correction, brain mask, GM/WM/CSF segmentation, registration to the template."""
     from gliaflow.pipeline.spatial.anatomy import AnatOutputs, process_anat
 
     spec, seg = ctx.spec, ctx.config.segmentation
@@ -147,12 +147,14 @@ def stage_anat(ctx: StageContext, upstream: dict[str, StageResult]) -> StageResu
     res = process_anat(spec.t1w, seg, outs, work_dir=_work(ctx, "anat"), engine=engine,
                        normalization_engine=norm_engine)
     o = res.outputs
+    outputs = {"t1w_preproc": o.t1_preproc, "brain_mask": o.brain_mask, "dseg": o.dseg,
+               "probseg_gm": o.probseg_gm, "probseg_wm": o.probseg_wm, "probseg_csf": o.probseg_csf,
+               "xfm_affine": o.xfm_affine}
+    if len(res.to_template) > 1:  # a nonlinear normalization (transform SyN) wrote its warps
+        outputs.update({"xfm_warp": o.xfm_warp, "xfm_inverse_warp": o.xfm_inverse_warp})
     return StageResult(
         stage="anat",
-        outputs={"t1w_preproc": o.t1_preproc, "brain_mask": o.brain_mask, "dseg": o.dseg,
-                 "probseg_gm": o.probseg_gm, "probseg_wm": o.probseg_wm, "probseg_csf": o.probseg_csf,
-                 "xfm_affine": o.xfm_affine, "xfm_warp": o.xfm_warp,
-                 "xfm_inverse_warp": o.xfm_inverse_warp},
+        outputs=outputs,
         values={"anat_result": res.model_dump(mode="json"),
                 "to_template": [str(p) for p in res.to_template], "template": res.template},
         qc=res.qc, flags=list(res.qc.get("flags", [])),
