@@ -82,6 +82,8 @@ class Engine(abc.ABC):
     """
 
     name: ClassVar[str]
+    #: the toolkit's name as cited in methods text and provenance (``"ANTs"``, ``"FSL"``)
+    name_cited: ClassVar[str] = ""
 
     def __init__(self, seed: int | None = None):
         self.seed = seed
@@ -102,8 +104,6 @@ class Engine(abc.ABC):
     def provenance(self) -> list[ToolCall]:
         """The calls made so far, repeated calls folded into counts."""
         return merge_calls(self.calls)
-
-    name_cited: ClassVar[str] = ""
 
     # ------------------------------------------------------------------ PET
     @abc.abstractmethod
