@@ -49,6 +49,7 @@ __all__ = [
     "stage_hash",
     "stage_settings",
     "write_effective_config",
+    "engine_overrides",
 ]
 
 
@@ -479,6 +480,12 @@ ENGINE_FIELDS: dict[str, tuple[str, ...]] = {
 #: does not read the atlas (it is applied by ``labels_tacs``); the session report shows the
 #: settings of every session stage; the group step names atlas regions in its cluster tables.
 #: ``execution`` changes where and how things run, never results: no stage lists it.
+def engine_overrides(name: str) -> dict[str, str]:
+    """Dotted overrides that set every step's engine to ``name`` (each step named explicitly, so
+    they beat a config file's per-step engines, unlike a top-level ``engine:``)."""
+    return {f"{section}.{key}": name for section, keys in ENGINE_FIELDS.items() for key in keys}
+
+
 STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
     "anat": ("segmentation",),
     "pet_motion": ("motion",),

@@ -143,7 +143,7 @@ def main() -> None:
     ap.add_argument("--score-only", action="store_true",
                     help="score the outputs already in --work (no processing; no times)")
     args = ap.parse_args()
-    from gliaflow.pipeline.config import ENGINE_FIELDS, load_config
+    from gliaflow.pipeline.config import engine_overrides, load_config
     from gliaflow.pipeline.engines import check_engines
     from gliaflow.pipeline.io.bids import discover
     from gliaflow.pipeline.simulate.cohort import simulate_cohort
@@ -155,7 +155,7 @@ def main() -> None:
     sessions = discover(bids, require_blood=True).sessions
     table: dict[str, dict[str, list[float]]] = {}
     for eng in args.engines:
-        cfg = load_config(overrides={f"{s}.{k}": eng for s, keys in ENGINE_FIELDS.items() for k in keys})
+        cfg = load_config(overrides=engine_overrides(eng))
         check_engines(cfg)
         rows = table.setdefault(eng, {})
         for spec in sessions:

@@ -76,7 +76,7 @@ def _demo(args, console, bids: Path, deriv: Path, log_file: Path) -> int:
     """The demo's three steps (see :func:`run`); warnings are routed to ``log_file``."""
     from rich.table import Table
 
-    from gliaflow.pipeline.config import ENGINE_FIELDS, load_config
+    from gliaflow.pipeline.config import engine_overrides, load_config
     from gliaflow.pipeline.engines import check_engines
     from gliaflow.pipeline.io.bids import discover
     from gliaflow.pipeline.session import GROUP_STEP, SESSION_STAGES
@@ -85,7 +85,7 @@ def _demo(args, console, bids: Path, deriv: Path, log_file: Path) -> int:
 
     overrides = {"execution.nprocs": args.nprocs}
     if args.engine is not None:
-        overrides.update({f"{s}.{k}": args.engine for s, keys in ENGINE_FIELDS.items() for k in keys})
+        overrides.update(engine_overrides(args.engine))
     if args.config is None:  # demo-sized group statistics unless the user configured them
         overrides["stats.n_permutations"] = 500
         overrides["stats.tfce"] = False  # max-T only: TFCE costs ~0.8 CPU-s per permutation at 2 mm

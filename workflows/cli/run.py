@@ -167,7 +167,7 @@ def _atlas_overrides(atlas: str | None, labels: Path | None) -> dict:
 def setting_overrides(args) -> dict:
     """The settings the analysis and statistics flags set, as ``load_config`` overrides
     (dotted keys; flags not given are absent). Unset attributes count as not given."""
-    from gliaflow.pipeline.config import ENGINE_FIELDS
+    from gliaflow.pipeline.config import engine_overrides
 
     def get(name):
         return getattr(args, name, None)
@@ -181,9 +181,7 @@ def setting_overrides(args) -> dict:
     if get("group_labels") is not None:
         over["stats.patient_label"], over["stats.control_label"] = get("group_labels")
     if get("engine") is not None:  # each step named, so the flag beats a file's per-step engine
-        for section, keys in ENGINE_FIELDS.items():
-            for k in keys:
-                over[f"{section}.{k}"] = get("engine")
+        over.update(engine_overrides(get("engine")))
     return over
 
 
